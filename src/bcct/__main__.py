@@ -1,0 +1,3 @@
+from bcct.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""Class activation maps (Zhou et al. 2016) from a fully convolutional head (ACoL style).
+
+The head turns backbone features into one map per class; global average pooling of those
+maps gives the logits, so the maps *are* the CAMs (paper 4.1 and 5.1).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class CAMHead(nn.Module):
+    """Two 3x3 convs with ``width`` filters and a 1x1 conv to ``num_classes`` (paper 5.1; ACoL)."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 1024):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.body(features))
+
+
+def logits(cams: torch.Tensor) -> torch.Tensor:
+    """Global average pooling over the class maps: [B,C,h,w] -> [B,C]."""
+    return cams.mean(dim=(2, 3))
+
+
+def select(cams: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """The map of one class per image: [B,C,h,w], [B] -> [B,h,w]."""
+    return cams[torch.arange(cams.shape[0], device=cams.device), classes]
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of [B,h,w] maps to the image size (the "upsampled CAM" of Eq. 5)."""
+    return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)

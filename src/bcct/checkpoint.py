@@ -1,0 +1,58 @@
+"""Checkpoints: one dict (as in torchvision's references), written atomically, read weights-only."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bcct.errors import BadInput
+
+FORMAT = "bcct-checkpoint-1"
+
+
+def save_atomic(obj: dict, path: str | Path) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load(path: str | Path) -> dict:
+    """Load a bcct checkpoint with ``weights_only=True``: a pickle that would run code is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: checkpoint not found; pass a RUNDIR/best.pt or last.pt written by `bcct train`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0][:160]
+        raise BadInput(
+            f"{path}: refused by weights-only loading ({first}); it is not a bcct checkpoint "
+            "or holds code objects; only load checkpoints you trust from `bcct train`"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - zip/EOF/runtime errors all mean "not a checkpoint"
+        raise BadInput(f"{path}: not a readable checkpoint ({type(exc).__name__}); use a file written by `bcct train`") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise BadInput(f"{path}: not a bcct checkpoint (no '{FORMAT}' marker); use a file written by `bcct train`")
+    return ckpt

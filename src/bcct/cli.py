@@ -1,0 +1,136 @@
+"""The ``bcct`` command line: synth, train, eval, demo.
+
+Every command turns bad input (:class:`bcct.errors.BadInput`) into one ``error:`` line and
+exit status 2, and Ctrl-C into exit status 130; a traceback means a bug in bcct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bcct.errors import BadInput
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a WSOL method on a CUB-layout folder")
+    p.add_argument("--config", default="synth", help="built-in recipe name (synth, ...) or a YAML file")
+    p.add_argument("--method", default=None, help="cam | bcct (overrides the recipe)")
+    p.add_argument("--data", required=True, help="data root (CUB-200-2011 layout)")
+    p.add_argument("--backgrounds", default=None, help="Background Image Set folder (default: DATA/backgrounds)")
+    p.add_argument("--out", required=True, help="run directory (config.yaml, metrics.jsonl, last.pt, best.pt)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. epochs=3 optim.lr=0.01")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint (top-1/top-5 loc, GT-known, MaxBoxAcc, ...)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", default=None, help="data root (default: the one the run trained on)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--json", default=None, help="write the metrics here")
+    p.add_argument("--oracle", action="store_true", help="choose the CAM threshold on this split (labelled oracle)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. eval.threshold_step=0.001")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bcct", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write the procedural CUB-layout data set with a Background Image Set")
+    p.add_argument("out")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--backgrounds", type=int, default=120)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("pretrain", help="pretrain the small backbone on the stand-in task (cached)")
+    p.add_argument("--force", action="store_true", help="pretrain again even if cached")
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps (default 400)")
+
+    _add_train(sub)
+    _add_eval(sub)
+
+    p = sub.add_parser("demo", help="the embedded default end to end: data, stand-in pretraining, methods, report")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--quick", action="store_true", help="a smaller, shorter run (about 2 minutes)")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: all the demo knows)")
+    return parser
+
+
+def cmd_synth(args) -> int:
+    from bcct.data.synth import generate
+
+    try:
+        info = generate(args.out, n_classes=args.classes, n_images=args.images, n_backgrounds=args.backgrounds,
+                        seed=args.seed, overwrite=args.overwrite)
+    except (FileExistsError, ValueError) as exc:
+        raise BadInput(str(exc)) from None
+    print(f"wrote {info['n_images']} images ({info['n_classes']} classes) and {info['n_backgrounds']} backgrounds "
+          f"to {info['out_dir']} in {info['seconds']:.1f} s")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from bcct.pretrain import standin_path, standin_weights
+
+    if args.force:
+        standin_path(args.steps).unlink(missing_ok=True)
+    standin_weights(args.steps)
+    print(f"stand-in weights: {standin_path(args.steps)}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from bcct.config import load_config
+    from bcct.train import train
+
+    fields = {"method": args.method}
+    cfg = load_config(args.config, args.overrides, **fields)
+    cfg.data.root = args.data
+    if args.backgrounds:
+        cfg.data.backgrounds = args.backgrounds
+    result = train(cfg, args.out, progress=not args.quiet, resume=args.resume)
+    print(f"done: {args.out}/best.pt (val thresholds {result['thresholds']})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from bcct.report import format_table
+    from bcct.run import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, oracle=args.oracle,
+                                  overrides=args.overrides)
+    print(format_table({"": metrics}))
+    if args.json:
+        from bcct.checkpoint import write_text_atomic
+
+        write_text_atomic(json.dumps(metrics, indent=2), args.json)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from bcct.demo import run_demo
+
+    methods = args.methods.split(",") if args.methods else None
+    run_demo(args.out, quick=args.quick, methods=methods)
+    return 0
+
+
+COMMANDS = {"synth": cmd_synth, "pretrain": cmd_pretrain, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,158 @@
+"""Typed configuration: defaults in code (dataclasses), values in YAML, overrides on the command line.
+
+``load_config("synth", ["epochs=3", "optim.lr=0.01"])`` merges, in order: the dataclass
+defaults, a built-in recipe from ``bcct/configs/`` (or a YAML path), then ``key=value``
+overrides (OmegaConf dotlist). A few short aliases (``epochs``, ``batch_size``, ``lr``,
+``delta``) name the keys users change most.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from bcct.errors import BadInput
+
+# Mean/std of ImageNet: the normalisation torchvision's pretrained weights expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DataConfig:
+    root: str = ""
+    backgrounds: str = ""  # empty: ROOT/backgrounds
+    layout: str = "cub"  # cub | ilsvrc | ilsvrc_wsol
+    image_size: int = 224  # paper 5.1: 224x224 crops
+    crop_scale: tuple[float, float] = (0.25, 1.0)  # RandomResizedCrop area range (our choice, see configs)
+    hflip: float = 0.5  # paper 5.1
+    vflip: float = 0.5  # paper 5.1
+    brightness: tuple[float, float] = (0.6, 1.4)  # paper 5.1
+    saturation: tuple[float, float] = (0.6, 1.4)  # paper 5.1
+    hue: float = 0.0  # paper says "scale hue in [0.6, 1.4]"; torchvision's hue is a shift, see docs
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    val_fraction: float = 0.1  # held out of train to choose the CAM threshold (Choe et al. 2020)
+    workers: int = 2
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "vgg16"
+    pretrained: str = "imagenet"  # imagenet | standin | none | PATH to a state-dict file
+    head_width: int = 1024  # paper 5.1 (ACoL head): two 3x3 convs with 1024 filters
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 100  # paper 5.1
+    batch_size: int = 32
+    lr: float = 1e-3  # new layers (paper 5.1)
+    lr_backbone: float = 1e-4  # pretrained conv layers (paper 5.1)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_step_epochs: int = 20  # divide by 10 every 20 epochs (paper 5.1)
+    lr_gamma: float = 0.1
+
+
+@dataclass
+class EvalConfig:
+    threshold_step: float = 0.01  # CAM threshold grid 0.00..0.99 (wsolevaluation uses 0.001)
+    threshold: float | None = None  # fixed CAM threshold; None: choose on the held-out val split
+    batch_size: int = 64
+
+
+@dataclass
+class BCCTConfig:
+    delta: float = 0.8  # Eq. 2 threshold (paper Table 3 best: 0.8)
+    mask_weight: float = 1.0  # lambda in l_CT = l_cls + lambda * l_mask (paper Eq. 6: 1)
+    mask_loss: str = "bce"  # bce (full per-pixel BCE) | paper (Eq. 5 literal: -sum M log A)
+    mask_target: str = "cam"  # cam (upsampled GT-class CAM, Eq. 5) | branch (separate branch, 4.1)
+    mode: str = "end2end"  # end2end (paper 4.2) | two_stage (BC first, masks cached)
+    bc_epochs: int = 3  # two-stage only: epochs of BC training before CT
+    bc_lr: float = 1e-3
+    smooth_sigma: float = 1.0  # gradient-map smoothing (Gaussian sigma, in feature-stride units)
+    normalize: str = "max"  # gradient-map normalisation: max | percentile
+    ignore_band: float = 0.0  # pixels between (1-band)*delta and delta are ignored in the mask loss
+    warmup_epochs: int = 0  # plain CAM epochs before the mask loss is switched on
+    backgrounds_auto: bool = False  # build a Background Image Set from training-image borders
+
+
+@dataclass
+class Config:
+    method: str = "cam"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    bcct: BCCTConfig = field(default_factory=BCCTConfig)
+
+
+ALIASES = {
+    "epochs": "optim.epochs",
+    "batch_size": "optim.batch_size",
+    "lr": "optim.lr",
+    "delta": "bcct.delta",
+    "image_size": "data.image_size",
+    "backbone": "model.backbone",
+}
+
+
+def builtin_configs() -> list[str]:
+    """Names of the recipes shipped in ``bcct/configs``."""
+    return sorted(p.name[:-5] for p in resources.files("bcct.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def _recipe_text(name_or_path: str) -> tuple[str, str]:
+    if name_or_path in builtin_configs():
+        return name_or_path, resources.files("bcct.configs").joinpath(f"{name_or_path}.yaml").read_text()
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise BadInput(
+            f"{name_or_path}: no such config file or built-in recipe; built-ins are: "
+            + ", ".join(builtin_configs())
+        )
+    return str(path), path.read_text()
+
+
+def load_config(name_or_path: str | None = None, overrides: list[str] | None = None, **fields: Any) -> Config:
+    """Defaults <- recipe YAML <- ``fields`` (e.g. method=...) <- ``key=value`` overrides."""
+    cfg = OmegaConf.structured(Config)
+    try:
+        if name_or_path:
+            where, text = _recipe_text(name_or_path)
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(text))
+        if fields:
+            cfg = OmegaConf.merge(cfg, {k: v for k, v in fields.items() if v is not None})
+        dotlist = []
+        for item in overrides or []:
+            if "=" not in item:
+                raise BadInput(f"override '{item}': expected key=value, e.g. epochs=3")
+            key, value = item.split("=", 1)
+            dotlist.append(f"{ALIASES.get(key, key)}={value}")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+    except OmegaConfBaseException as exc:
+        msg = str(exc).splitlines()[0]
+        raise BadInput(f"config: {msg}; check the key names in bcct/config.py") from None
+    return OmegaConf.to_object(cfg)
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain-Python dict (for checkpoints, JSON and YAML)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def from_dict(d: dict) -> Config:
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), d))
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,57 @@
+"""The CT model (paper 4.1): backbone + CAM head, and optionally the class-agnostic mask branch."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bcct import cam
+from bcct.backbones import build_backbone
+from bcct.config import ModelConfig
+
+
+class MaskBranch(nn.Module):
+    """Paper 4.1 / 5.1: "another convolution block similar [to the head] but only one 1x1
+    unit in the final layer" — two 3x3 convs and a 1x1 conv to one channel (logits)."""
+
+    def __init__(self, in_channels: int, width: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 1, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+class CTModel(nn.Module):
+    """Outputs a dict: ``features``, ``cams`` [B,C,h,w], ``logits`` [B,C] and, with a branch,
+    ``branch`` [B,h,w] (mask logits at feature resolution)."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int, mask_branch: bool = False):
+        super().__init__()
+        self.backbone = build_backbone(cfg.backbone, cfg.pretrained)
+        self.head = cam.CAMHead(self.backbone.out_channels, num_classes, cfg.head_width)
+        # The paper feeds the branch "the feature map after the top fully convolutional
+        # layer"; we take the backbone features so it does not compete with the class maps.
+        self.branch = MaskBranch(self.backbone.out_channels, cfg.head_width) if mask_branch else None
+
+    def forward(self, images: torch.Tensor) -> dict:
+        feats = self.backbone(images)
+        cams = self.head(feats)
+        out = {"features": feats, "cams": cams, "logits": cam.logits(cams)}
+        if self.branch is not None:
+            out["branch"] = self.branch(feats)
+        return out
+
+    def param_groups(self, lr_backbone: float, lr_new: float) -> list[dict]:
+        """Paper 5.1: pretrained conv layers at 1e-4, new layers at 1e-3."""
+        new = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
+        return [
+            {"params": list(self.backbone.parameters()), "lr": lr_backbone},
+            {"params": new, "lr": lr_new},
+        ]

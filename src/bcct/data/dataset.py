@@ -1,0 +1,64 @@
+"""A torch Dataset over :class:`~bcct.data.records.Record` lists, shared by every method."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from bcct.data.images import load_rgb
+from bcct.data.records import Record, image_size
+
+
+class WSOLDataset(Dataset):
+    """Items are dicts: ``image`` (transformed), ``label``, ``index``; with ``with_targets``
+    also ``boxes`` (tv_tensors.BoundingBoxes) and ``mask`` (tv_tensors.Mask, when the record
+    has one), transformed together with the image."""
+
+    def __init__(self, records: list[Record], transform: Callable, with_targets: bool = False):
+        self.records = records
+        self.transform = transform
+        self.with_targets = with_targets
+        self._sizes: list[tuple[int, int]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(W, H) of every image, read from file headers once; validates boxes against them."""
+        if self._sizes is None:
+            self._sizes = [image_size(r) for r in self.records]
+        return self._sizes
+
+    def __getitem__(self, index: int) -> dict:
+        rec = self.records[index]
+        img = load_rgb(rec.path)
+        item = {"image": tv_tensors.Image(torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous())}
+        if self.with_targets:
+            item["boxes"] = tv_tensors.BoundingBoxes(
+                torch.as_tensor(rec.boxes, dtype=torch.float32), format="XYXY", canvas_size=(img.height, img.width)
+            )
+            if rec.mask_path is not None:
+                mask = np.asarray(Image.open(rec.mask_path).convert("L").resize(img.size)) > 127
+                item["mask"] = tv_tensors.Mask(torch.from_numpy(mask))
+        item = self.transform(item)
+        item["label"] = rec.label
+        item["index"] = index
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack images and labels; keep boxes/masks as lists (their counts and sizes differ)."""
+    batch = {
+        "image": torch.stack([it["image"] for it in items]),
+        "label": torch.tensor([it["label"] for it in items]),
+        "index": torch.tensor([it["index"] for it in items]),
+    }
+    for key in ("boxes", "mask"):
+        if all(key in it for it in items):
+            batch[key] = [it[key] for it in items]
+    return batch

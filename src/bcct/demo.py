@@ -1,0 +1,102 @@
+"""``bcct demo``: the embedded default end to end on 2 CPU cores.
+
+synthetic CUB-layout data (+ Background Image Set) -> stand-in pretraining (cached) ->
+train each method -> evaluate on test with the threshold chosen on val -> metrics.json,
+report.md and overlay figures.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bcct.checkpoint import write_text_atomic
+from bcct.config import load_config
+from bcct.data.dataset import WSOLDataset
+from bcct.data.readers import read_dataset
+from bcct.data.synth import generate
+from bcct.data.transforms import test_transform
+from bcct.evaluate import predict
+from bcct.methods import METHODS
+from bcct.report import format_table, overlay_grid
+from bcct.run import evaluate_checkpoint, load_method
+from bcct.train import train
+
+FULL = {"data": dict(n_classes=10, n_images=1000, n_backgrounds=120), "overrides": []}
+QUICK = {"data": FULL["data"],
+         "overrides": ["epochs=4"]}
+DEMO_METHODS = ("cam", "bcct")
+N_FIGURE = 8
+
+
+def run_demo(out: str | Path, quick: bool = False, methods: list[str] | None = None) -> dict:
+    out = Path(out)
+    t_start = time.time()
+    preset = QUICK if quick else FULL
+    methods = methods or [m for m in DEMO_METHODS if m in METHODS]
+    data = out / ("synth-quick" if quick else "synth")
+    if not (data / "images.txt").is_file():
+        info = generate(data, seed=0, **preset["data"])
+        print(f"[demo] generated {info['n_images']} images + {info['n_backgrounds']} backgrounds in {info['seconds']:.1f} s")
+
+    metrics, timings = {}, {}
+    for name in methods:
+        cfg = load_config("synth", preset["overrides"], method=name)
+        cfg.data.root = str(data)
+        run_dir = out / "runs" / name
+        t0 = time.time()
+        print(f"[demo] training {name} -> {run_dir}")
+        train(cfg, run_dir, progress=True, resume=False)
+        timings[name] = round(time.time() - t0, 1)
+        metrics[name] = evaluate_checkpoint(str(run_dir / "best.pt"), split="test", progress=False)
+        metrics[name]["train_seconds"] = timings[name]
+    write_text_atomic(json.dumps(metrics, indent=2), out / "metrics.json")
+
+    figure = out / "overlays.png"
+    _figure(out, methods, figure)
+    table = format_table(metrics)
+    total = round(time.time() - t_start, 1)
+    write_text_atomic(_report(table, timings, total, quick, figure.name), out / "report.md")
+    print(table)
+    print(f"[demo] {total} s; wrote {out / 'metrics.json'}, {out / 'report.md'}, {figure}")
+    return metrics
+
+
+def _figure(out: Path, methods: list[str], path: Path) -> None:
+    """Rows: methods; columns: the same test images; GT green, predicted red, CAM as heat map."""
+    rows, labels = [], []
+    for name in methods:
+        method, cfg, ckpt = load_method(str(out / "runs" / name / "best.pt"))
+        wset = read_dataset(cfg.data, seed=cfg.seed)
+        records = wset.split("test")
+        picks = np.linspace(0, len(records) - 1, N_FIGURE).astype(int)
+        ds = WSOLDataset([records[i] for i in picks], test_transform(cfg.data))
+        pred = predict(method, ds, cfg, next(method.parameters()).device)
+        for readout, maps in pred["maps"].items():
+            tau = ckpt["thresholds"].get(readout, 0.5)
+            rows.append([{"record": r, "map": m, "threshold": tau, "size": s, "title": f"{name} {readout}"}
+                         for r, m, s in zip(ds.records, maps, ds.image_sizes())])
+            labels.append(f"{name}/{readout}")
+    overlay_grid(rows, path, labels)
+
+
+def _report(table: str, timings: dict, total: float, quick: bool, figure: str) -> str:
+    lines = [
+        "# bcct demo report",
+        "",
+        f"Embedded default ({'quick' if quick else 'full'}): procedural CUB-layout set, small BN-VGG backbone with "
+        "stand-in pretraining, test split, CAM threshold chosen on the held-out val split.",
+        "Errors and accuracies in percent (the paper's tables print errors = 100 - accuracy).",
+        "",
+        table,
+        "",
+        "Training time (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()) + f"; whole demo {total} s.",
+        "",
+        f"![overlays]({figure})",
+        "",
+        "Green: ground-truth box; red: predicted box at the chosen threshold; colours: the score map.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,7 @@
+"""WSOL methods by name. A method = its model pieces + its loss + its score-map readout.
+
+The training loop, the data and the evaluator are shared and know no method by name.
+"""
+
+from bcct.methods.base import METHODS, Method, build_method, register  # noqa: F401
+from bcct.methods import cam  # noqa: F401  (registers "cam")

@@ -1,0 +1,55 @@
+"""The method interface and registry."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bcct.config import Config
+from bcct.errors import BadInput
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register(name: str):
+    def deco(cls):
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+class Method(nn.Module):
+    """Subclasses set up their model pieces in ``__init__`` and override what differs.
+
+    - ``forward(images)`` -> dict with at least ``logits`` [B,C] and ``cams`` [B,C,h,w]
+    - ``training_step(batch)`` -> (loss, {name: float}) for one batch
+    - ``score_maps(out, classes)`` -> {readout name: [B,h,w]}; the first is the primary one
+    """
+
+    name = "base"
+    needs_backgrounds = False  # the loop then adds batch["background"]
+
+    def __init__(self, cfg: Config, num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+
+    def training_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def score_maps(self, out: dict, classes: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def param_groups(self) -> list[dict]:
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook for schedules inside a method (warm-up of a loss term, ...)."""
+
+
+def build_method(cfg: Config, num_classes: int) -> Method:
+    if cfg.method not in METHODS:
+        raise BadInput(f"method {cfg.method!r} unknown; choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[cfg.method](cfg, num_classes)

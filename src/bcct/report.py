@@ -1,0 +1,92 @@
+"""Tables and figures: the paper-style metric table and image overlays (GT green, predicted red)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from bcct.boxes import RESIZE, box_at_threshold, prepare_scoremap, scale_boxes  # noqa: E402
+from bcct.data.images import load_rgb  # noqa: E402
+
+# (key, header, as error?) — the paper's tables print errors = 1 - accuracy.
+COLUMNS = (
+    ("top1_loc", "top-1 loc err", True),
+    ("top5_loc", "top-5 loc err", True),
+    ("gt_known", "GT-known loc", False),
+    ("maxboxacc", "MaxBoxAcc", False),
+    ("maxboxacc_v2", "MaxBoxAccV2", False),
+    ("cls_top1", "top-1 cls err", True),
+    ("mask_validity", "BC* err", True),
+    ("threshold", "CAM thr.", None),
+)
+
+
+def _cell(metrics: dict, key: str, as_error: bool | None) -> str:
+    if key not in metrics:
+        return "-"
+    v = float(metrics[key])
+    if as_error is None:
+        return f"{v:.2f}"
+    return f"{100 * (1 - v if as_error else v):.2f}"
+
+
+def format_table(rows: dict[str, dict]) -> str:
+    """A Markdown table, one row per (method, readout); numbers in percent."""
+    present = [c for c in COLUMNS if any(c[0] in m for m in rows.values())]
+    lines = ["| method | " + " | ".join(h for _, h, _ in present) + " |",
+             "|---|" + "---|" * len(present)]
+    for name, metrics in rows.items():
+        label = name or metrics.get("method", "")
+        lines.append(f"| {label} | " + " | ".join(_cell(metrics, k, e) for k, _, e in present) + " |")
+        for sub, subm in metrics.items():
+            if isinstance(subm, dict) and "top1_loc" in subm:
+                lines.append(f"| {label} ({sub} map) | " + " | ".join(_cell(subm, k, e) for k, _, e in present) + " |")
+    return "\n".join(lines)
+
+
+def overlay(ax, record, scoremap: np.ndarray, threshold: float, image_size: tuple[int, int], title: str = "") -> None:
+    """Draw one image at the evaluator's 224x224 frame with its CAM, GT (green) and predicted (red) boxes."""
+    img = np.asarray(load_rgb(record.path).resize((RESIZE, RESIZE), Image.BILINEAR))
+    map01 = prepare_scoremap(scoremap)
+    ax.imshow(img)
+    ax.imshow(map01, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    for box in scale_boxes(record.boxes, image_size):
+        _rect(ax, box, "lime")
+    for box in box_at_threshold(map01, threshold):
+        _rect(ax, box, "red")
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+
+
+def _rect(ax, box, colour: str) -> None:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.5))
+
+
+def overlay_grid(panels: list[list[dict]], path: str | Path, row_labels: list[str] | None = None) -> None:
+    """``panels[row][col]`` = dict(record, map, threshold, size, title) -> one PNG."""
+    rows, cols = len(panels), max(len(r) for r in panels)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows), squeeze=False)
+    for r, row in enumerate(panels):
+        for c in range(cols):
+            ax = axes[r][c]
+            if c < len(row):
+                p = row[c]
+                overlay(ax, p["record"], p["map"], p["threshold"], p["size"], p.get("title", ""))
+            else:
+                ax.axis("off")
+        if row_labels:
+            axes[r][0].text(-10, RESIZE / 2, row_labels[r], rotation=90, va="center", ha="right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,66 @@
+"""Rebuild a trained method from its checkpoint, and evaluate it on a split."""
+
+from __future__ import annotations
+
+import torch
+
+from bcct import checkpoint
+from bcct.config import Config, from_dict, load_config, to_dict
+from bcct.data.dataset import WSOLDataset
+from bcct.data.readers import read_dataset
+from bcct.data.transforms import test_transform
+from bcct.errors import BadInput
+from bcct.evaluate import evaluate, flatten
+from bcct.methods import build_method
+from bcct.train import resolve_device
+
+
+def load_method(ckpt_path: str, overrides: list[str] | None = None, device: str = "auto"):
+    """(method in eval mode, config, checkpoint dict). The weights come from the checkpoint,
+    so the backbone is built without pretrained weights (nothing is downloaded)."""
+    ckpt = checkpoint.load(ckpt_path)
+    cfg = from_dict(ckpt["config"])
+    if overrides:
+        cfg = load_config(None, overrides, **to_dict(cfg))
+    cfg.model.pretrained = "none"
+    method = build_method(cfg, len(ckpt["class_names"]))
+    try:
+        method.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise BadInput(f"{ckpt_path}: weights do not fit a {cfg.method} model with {len(ckpt['class_names'])} "
+                       f"classes ({str(exc).splitlines()[0][:120]}); was it written by another bcct version?") from None
+    dev = resolve_device(device if device != "auto" else cfg.device)
+    return method.to(dev).eval(), cfg, ckpt
+
+
+def evaluate_checkpoint(ckpt_path: str, data: str | None = None, split: str = "test", oracle: bool = False,
+                        overrides: list[str] | None = None, progress: bool = True) -> dict:
+    """Metrics of a checkpoint on ``split``. The CAM threshold is the one chosen on the
+    held-out val split during training (or ``eval.threshold``); ``oracle`` picks it on ``split``."""
+    method, cfg, ckpt = load_method(ckpt_path, overrides)
+    if data:
+        cfg.data.root = data
+    wset = read_dataset(cfg.data, seed=cfg.seed)
+    if wset.num_classes != len(ckpt["class_names"]):
+        raise BadInput(f"{cfg.data.root}: has {wset.num_classes} classes but {ckpt_path} was trained on "
+                       f"{len(ckpt['class_names'])}; evaluate it on the data it was trained for")
+    ds = WSOLDataset(wset.split(split), test_transform(cfg.data))
+    if len(ds) == 0:
+        raise BadInput(f"{cfg.data.root}: the {split} split is empty")
+    thresholds = None if oracle else ckpt.get("thresholds") or None
+    device = next(method.parameters()).device
+    results = evaluate(method, ds, cfg, device, thresholds=thresholds, progress=progress)
+    metrics = flatten(results)
+    metrics.update({"method": cfg.method, "split": split, "checkpoint": str(ckpt_path), "epoch": ckpt["epoch"]})
+    return metrics
+
+
+def plain(obj):
+    """numpy scalars -> Python numbers, recursively (for JSON and weights-only checkpoints)."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, torch.Tensor):
+        return obj.item()
+    return obj

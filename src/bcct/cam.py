@@ -14,18 +14,24 @@ import torch.nn.functional as F
 class CAMHead(nn.Module):
     """Two 3x3 convs with ``width`` filters and a 1x1 conv to ``num_classes`` (paper 5.1; ACoL)."""
 
-    def __init__(self, in_channels: int, num_classes: int, width: int = 1024):
+    def __init__(self, in_channels: int, num_classes: int, width: int = 1024, batch_norm: bool = False):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1),
-            nn.ReLU(inplace=True),
-        )
+        self.body = conv_block(in_channels, width, batch_norm)
         self.classifier = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.body(features))
+
+
+def conv_block(in_channels: int, width: int, batch_norm: bool = False) -> nn.Sequential:
+    """Two 3x3 conv + ReLU layers; BatchNorm (our addition) lets small CPU models train in minutes."""
+    layers: list[nn.Module] = []
+    for c_in in (in_channels, width):
+        layers.append(nn.Conv2d(c_in, width, 3, padding=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(width))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
 
 
 def logits(cams: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,7 @@ class ModelConfig:
     backbone: str = "vgg16"
     pretrained: str = "imagenet"  # imagenet | standin | none | PATH to a state-dict file
     head_width: int = 1024  # paper 5.1 (ACoL head): two 3x3 convs with 1024 filters
+    head_bn: bool = False  # BatchNorm in the head (not in the paper; helps small CPU models)
 
 
 @dataclass

@@ -14,15 +14,9 @@ class MaskBranch(nn.Module):
     """Paper 4.1 / 5.1: "another convolution block similar [to the head] but only one 1x1
     unit in the final layer" — two 3x3 convs and a 1x1 conv to one channel (logits)."""
 
-    def __init__(self, in_channels: int, width: int):
+    def __init__(self, in_channels: int, width: int, batch_norm: bool = False):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(width, 1, 1),
-        )
+        self.net = nn.Sequential(cam.conv_block(in_channels, width, batch_norm), nn.Conv2d(width, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(1)
@@ -35,10 +29,10 @@ class CTModel(nn.Module):
     def __init__(self, cfg: ModelConfig, num_classes: int, mask_branch: bool = False):
         super().__init__()
         self.backbone = build_backbone(cfg.backbone, cfg.pretrained)
-        self.head = cam.CAMHead(self.backbone.out_channels, num_classes, cfg.head_width)
+        self.head = cam.CAMHead(self.backbone.out_channels, num_classes, cfg.head_width, cfg.head_bn)
         # The paper feeds the branch "the feature map after the top fully convolutional
         # layer"; we take the backbone features so it does not compete with the class maps.
-        self.branch = MaskBranch(self.backbone.out_channels, cfg.head_width) if mask_branch else None
+        self.branch = MaskBranch(self.backbone.out_channels, cfg.head_width, cfg.head_bn) if mask_branch else None
 
     def forward(self, images: torch.Tensor) -> dict:
         feats = self.backbone(images)

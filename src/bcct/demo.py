@@ -37,7 +37,7 @@ def run_demo(out: str | Path, quick: bool = False, methods: list[str] | None = N
     t_start = time.time()
     preset = QUICK if quick else FULL
     methods = methods or [m for m in DEMO_METHODS if m in METHODS]
-    data = out / ("synth-quick" if quick else "synth")
+    data = out / "synth"
     if not (data / "images.txt").is_file():
         info = generate(data, seed=0, **preset["data"])
         print(f"[demo] generated {info['n_images']} images + {info['n_backgrounds']} backgrounds in {info['seconds']:.1f} s")

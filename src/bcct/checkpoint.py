@@ -49,7 +49,7 @@ def load(path: str | Path) -> dict:
         first = str(exc).strip().splitlines()[0][:160]
         raise BadInput(
             f"{path}: refused by weights-only loading ({first}); it is not a bcct checkpoint "
-            "or holds code objects; only load checkpoints you trust from `bcct train`"
+            "(or it would run code when loaded); use a file written by `bcct train`"
         ) from None
     except Exception as exc:  # noqa: BLE001 - zip/EOF/runtime errors all mean "not a checkpoint"
         raise BadInput(f"{path}: not a readable checkpoint ({type(exc).__name__}); use a file written by `bcct train`") from None

@@ -77,8 +77,11 @@ class BCCTConfig:
     mode: str = "end2end"  # end2end (paper 4.2) | two_stage (BC first, masks cached)
     bc_epochs: int = 3  # two-stage only: epochs of BC training before CT
     bc_lr: float = 1e-3
-    smooth_sigma: float = 1.0  # gradient-map smoothing (Gaussian sigma, in feature-stride units)
-    normalize: str = "max"  # gradient-map normalisation: max | percentile
+    bc_hidden: int = 0  # BC classifier: 0 = GAP + linear (paper); >0 = 1x1 conv + ReLU of this width first
+    reduce: str = "max"  # gradient channels -> one map: max of |g| (Simonyan et al.) | l2
+    pool: int = 1  # average the saliency over pool x pool cells before smoothing (1: off)
+    smooth_sigma: float = 1.0  # gradient-map Gaussian smoothing, sigma in pixels
+    normalize: str = "max"  # gradient-map normalisation: max | percentile | minmax
     ignore_band: float = 0.0  # pixels between (1-band)*delta and delta are ignored in the mask loss
     warmup_epochs: int = 0  # plain CAM epochs before the mask loss is switched on
     backgrounds_auto: bool = False  # build a Background Image Set from training-image borders
@@ -142,7 +145,9 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
     except OmegaConfBaseException as exc:
         msg = str(exc).splitlines()[0]
-        raise BadInput(f"config: {msg}; check the key names in bcct/config.py") from None
+        key = getattr(exc, "full_key", None)
+        where = f" key {key}" if key else ""
+        raise BadInput(f"config{where}: {msg}; check the key names and value types in bcct/config.py") from None
     return OmegaConf.to_object(cfg)
 
 

@@ -122,6 +122,7 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, resume: bool 
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["lr_scheduler"])
         torch.set_rng_state(ckpt["rng"]["torch"])
+        random.setstate((3, tuple(ckpt["rng"]["python"]), None))
         start_epoch = ckpt["epoch"] + 1
         if (out_dir / "best.pt").is_file():
             best = checkpoint.load(out_dir / "best.pt")
@@ -131,6 +132,7 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, resume: bool 
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.write_text_atomic(to_yaml(cfg), out_dir / "config.yaml")
     log_path = out_dir / "metrics.jsonl"
+    _truncate_log(log_path, start_epoch)
     for epoch in range(start_epoch, cfg.optim.epochs):
         t0 = time.time()
         train_logs = train_one_epoch(method, loader, optimizer, device, epoch, backgrounds, progress)
@@ -139,16 +141,24 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, resume: bool 
         epoch_thresholds = {name: res["threshold"] for name, res in val.items()}
         record = {"epoch": epoch, "time_s": round(time.time() - t0, 2), "lr": scheduler.get_last_lr(),
                   "train": train_logs, "val": _brief(val)}
-        with open(log_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        if progress:
-            print(_line(record), flush=True)
         ckpt = make_checkpoint(method, optimizer, scheduler, cfg, epoch, wset.class_names, epoch_thresholds, val)
-        checkpoint.save_atomic(ckpt, out_dir / "last.pt")
         if _score(val) >= best_score:
             best_score, best_val, thresholds = _score(val), val, epoch_thresholds
             checkpoint.save_atomic(ckpt, out_dir / "best.pt")
+        checkpoint.save_atomic(ckpt, out_dir / "last.pt")
+        with open(log_path, "a") as fh:  # after last.pt: a resumed run never repeats a line
+            fh.write(json.dumps(record) + "\n")
+        if progress:
+            print(_line(record), flush=True)
     return {"val": best_val, "thresholds": thresholds}
+
+
+def _truncate_log(path: Path, start_epoch: int) -> None:
+    """A fresh run starts a new log; a resumed one keeps only the epochs before it."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] < start_epoch]
+    checkpoint.write_text_atomic("".join(line + "\n" for line in keep), path)
 
 
 def _score(val: dict) -> float:

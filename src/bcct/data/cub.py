@@ -14,6 +14,7 @@ Boxes become xyxy in original pixels. A file can repeat an image id in
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,8 +28,12 @@ REQUIRED = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "bou
 
 def _rows(path: Path, n_fields: int, what: str):
     """Yield (line_number, fields) of a whitespace-separated file, checking the field count."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadInput(f"{path}:{lineno}: not UTF-8 text; re-save the file as UTF-8") from None
             if not line.strip():
                 continue
             fields = line.split()
@@ -85,6 +90,8 @@ def read_cub(root: str | Path, val_fraction: float = 0.1, seed: int = 0) -> WSOL
     f = root / "bounding_boxes.txt"
     for lineno, (iid, *xywh) in _rows(f, 5, "image_id x y w h"):
         x, y, w, h = (_number(f, lineno, v, float) for v in xywh)
+        if not all(math.isfinite(v) for v in (x, y, w, h)):
+            raise BadInput(f"{f}:{lineno}: box has a non-finite number ({x}, {y}, {w}, {h}); fix that row")
         if w <= 0 or h <= 0:
             raise BadInput(f"{f}:{lineno}: box of zero or negative size (w={w}, h={h}); fix that row")
         if x < 0 or y < 0:

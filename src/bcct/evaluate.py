@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from bcct.config import Config
 from bcct.data.dataset import WSOLDataset, collate
-from bcct.metrics import BoxCorrectness, summarize
+from bcct.metrics import BoxCorrectness, mask_validity, summarize
 
 
 def make_loader(ds: WSOLDataset, cfg: Config) -> DataLoader:
@@ -22,7 +22,7 @@ def predict(method, ds: WSOLDataset, cfg: Config, device: torch.device, progress
     """GT-class score maps of every readout, and top-1/top-5 classification correctness."""
     method.eval()
     maps: dict[str, list[np.ndarray]] = {}
-    top1, top5 = [], []
+    top1, top5, mboxes = [], [], []
     for batch in tqdm(make_loader(ds, cfg), desc="eval", leave=False, disable=None if progress else True):
         images, labels = batch["image"].to(device), batch["label"].to(device)
         out = method(images)
@@ -32,11 +32,21 @@ def predict(method, ds: WSOLDataset, cfg: Config, device: torch.device, progress
         top5.append((topk == labels[:, None]).any(1).cpu().numpy())
         for name, m in method.score_maps(out, labels).items():
             maps.setdefault(name, []).append(m.float().cpu().numpy())
+        boxes = method.mask_boxes(images)
+        if boxes is not None:
+            mboxes.append(boxes.cpu().numpy())
     return {
         "maps": {k: np.concatenate(v) for k, v in maps.items()},
         "top1": np.concatenate(top1),
         "top5": np.concatenate(top5),
+        "mask_boxes": np.concatenate(mboxes) if mboxes else None,
     }
+
+
+def to_original(boxes: np.ndarray, sizes: list[tuple[int, int]], input_size: int) -> np.ndarray:
+    """Boxes in the resized input frame -> original image pixels."""
+    scale = np.array([[w / input_size, h / input_size, w / input_size, h / input_size] for w, h in sizes])
+    return boxes * scale
 
 
 def correctness(pred: dict, ds: WSOLDataset, cfg: Config) -> dict[str, BoxCorrectness]:
@@ -63,6 +73,11 @@ def evaluate(method, ds: WSOLDataset, cfg: Config, device: torch.device,
         if tau is None and thresholds and name in thresholds:
             tau = thresholds[name]
         results[name] = summarize(corr, pred["top1"], pred["top5"], threshold=tau)
+    if pred["mask_boxes"] is not None:
+        boxes = to_original(pred["mask_boxes"], ds.image_sizes(), cfg.data.image_size)
+        validity = mask_validity(boxes, [r.boxes for r in ds.records])
+        for res in results.values():
+            res["mask_validity"] = float(validity.mean())
     return results
 
 

@@ -354,3 +354,20 @@ def _flags(values: Any, n: int, name: str) -> np.ndarray:
     if flags.size != n:
         raise ValueError(f"{name} has {flags.size} entries for {n} images")
     return flags
+
+
+def mask_validity(mask_boxes: Any, gt_boxes: Sequence[Any]) -> np.ndarray:
+    """BC* (paper 5.2, Table 2): a mask is valid when the IoU of its box with a GT box is at
+    least 0.5, or its box covers that GT box whole. Boxes xyxy in the same (original pixel)
+    frame, continuous coordinates. Returns bool [N]."""
+    from torchvision.ops import box_iou as tv_box_iou
+    import torch
+
+    pred = torch.as_tensor(to_numpy(mask_boxes), dtype=torch.float64).reshape(-1, 4)
+    valid = np.zeros(len(pred), dtype=bool)
+    for i, gt in enumerate(gt_boxes):
+        g = torch.as_tensor(to_numpy(gt), dtype=torch.float64).reshape(-1, 4)
+        iou = tv_box_iou(pred[i : i + 1], g)[0]
+        covers = (pred[i, :2] <= g[:, :2]).all(1) & (pred[i, 2:] >= g[:, 2:]).all(1)
+        valid[i] = bool(((iou >= IOU_THRESHOLD) | covers).any())
+    return valid

@@ -45,6 +45,11 @@ class Method(nn.Module):
     def param_groups(self) -> list[dict]:
         raise NotImplementedError
 
+    def mask_boxes(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Boxes [B,4] (input-pixel frame) of the method's own supervision masks, for BC*;
+        None when the method has none."""
+        return None
+
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for schedules inside a method (warm-up of a loss term, ...)."""
 

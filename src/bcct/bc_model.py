@@ -1,0 +1,54 @@
+"""The BC model (paper 3.2): a frozen pretrained backbone and a binary classifier that tells
+target images (label 1) from Background Image Set images (label 0), trained with BCE (Eq. 3).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bcct.backbones import build_backbone
+from bcct.config import ModelConfig
+
+
+class BCModel(nn.Module):
+    """``features`` (frozen, always in eval mode) -> binary classifier -> one logit.
+
+    ``hidden`` = 0: GAP + linear (the paper's "fully connected layer"). ``hidden`` > 0: a
+    1x1 conv with ReLU before GAP + linear, so positions the classifier finds no evidence
+    at pass no gradient back to the image (cleaner gradient maps; our addition).
+    """
+
+    def __init__(self, cfg: ModelConfig, hidden: int = 0):
+        super().__init__()
+        self.features = build_backbone(cfg.backbone, cfg.pretrained)
+        self.features.requires_grad_(False)
+        c = self.features.out_channels
+        self.local = nn.Sequential(nn.Conv2d(c, hidden, 1), nn.ReLU(inplace=False)) if hidden else nn.Identity()
+        self.classifier = nn.Linear(hidden or c, 1)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.features.eval()  # frozen: BatchNorm statistics stay those of pretraining
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] -> [B] logits of "holds a target object"."""
+        return self.classify(self.features(images))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.local(features).mean(dim=(2, 3))).squeeze(1)
+
+
+def bc_loss(model: BCModel, target_features: torch.Tensor, background_features: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Eq. 3 on equal numbers of target (1) and background (0) images; returns (loss, accuracy).
+
+    Features are detached: only the binary classifier learns, so the loss never reaches the
+    frozen backbone or the input.
+    """
+    feats = torch.cat([target_features, background_features]).detach()
+    labels = torch.cat([torch.ones(len(target_features)), torch.zeros(len(background_features))]).to(feats.device)
+    logits = model.classify(feats)
+    acc = ((logits > 0).float() == labels).float().mean().item()
+    return F.binary_cross_entropy_with_logits(logits, labels), acc

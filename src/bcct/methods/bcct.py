@@ -1,0 +1,130 @@
+"""BC-CT (the paper): a BC model trained against the Background Image Set gives, through its
+input gradient (Eq. 1) and a threshold (Eq. 2), a foreground mask per training image; the
+mask supervises the CT model (Eq. 4-6) so that its maps cover the whole object.
+
+Choices where the paper is silent or wrong (each a config key under ``bcct``; see docs):
+- ``mask_loss``: ``bce`` full per-pixel BCE (default) — Eq. 5 as printed (``paper``,
+  ``-sum M log A``) is minimised by A = 1 everywhere.
+- ``mask_target``: what "A" is: ``cam`` (the upsampled ground-truth-class CAM, as Eq. 5
+  says), ``branch`` (the separate 1-channel branch of section 4.1) or ``both``.
+- ``mode``: ``end2end`` (paper 4.2: masks from the current BC on the augmented batch) or
+  ``two_stage`` (BC trained first; masks cached per image and transformed with it).
+- ``ignore_band``, ``warmup_epochs``: SPG/BGC-style ignore band and plain-CAM warm-up.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bcct import cam
+from bcct.bc_model import BCModel, bc_loss
+from bcct.config import Config
+from bcct.ct_model import CTModel
+from bcct.gradient_map import gradient_map, input_gradient
+from bcct.mask import bc_mask, mask_boxes, threshold
+from bcct.methods.base import Method, register
+
+
+def mask_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """Pixel loss between map logits [B,H,W] (A = sigmoid(logits)) and the BC mask M.
+
+    ``bce``: -(M log A + (1-M) log(1-A)) averaged over the pixels with ``weight`` 1.
+    ``paper``: Eq. 5 literally, -sum M log A (averaged over all pixels).
+    """
+    if kind == "bce":
+        per_pixel = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none")
+        return (per_pixel * weight).sum() / weight.sum().clamp_min(1)
+    if kind == "paper":
+        return -(target.float() * F.logsigmoid(logits) * weight).sum() / weight.numel()
+    raise ValueError(f"bcct.mask_loss={kind!r}: use bce or paper")
+
+
+@register("bcct")
+class BCCT(Method):
+    needs_backgrounds = True
+
+    def __init__(self, cfg: Config, num_classes: int):
+        super().__init__(cfg, num_classes)
+        b = cfg.bcct
+        self.model = CTModel(cfg.model, num_classes, mask_branch=b.mask_target in ("branch", "both"))
+        self.bc = BCModel(cfg.model, b.bc_hidden)
+        self.mask_on = True
+
+    def forward(self, images: torch.Tensor) -> dict:
+        return self.model(images)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.mask_on = epoch >= self.cfg.bcct.warmup_epochs
+
+    # -- the BC side -------------------------------------------------------------------
+    def gradient_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(normalised gradient maps [B,H,W], BC features, BC logits) for a batch."""
+        b = self.cfg.bcct
+        grad, feats, logits = input_gradient(self.bc, images)
+        return gradient_map(grad, b.reduce, b.smooth_sigma, b.normalize, b.pool), feats, logits
+
+    def masks(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask M, weight): M from Eq. 2 + largest part; weight 0 on the ignore band and on
+        images whose mask came out empty (their maps carry no foreground)."""
+        b = self.cfg.bcct
+        m = bc_mask(maps, b.delta)
+        weight = torch.ones_like(maps)
+        if b.ignore_band > 0:
+            sure_bg = ~threshold(maps, b.delta * (1 - b.ignore_band))
+            weight = (m | sure_bg).float()
+        empty = ~m.flatten(1).any(1)
+        weight[empty] = 0
+        return m, weight
+
+    # -- one training step -------------------------------------------------------------
+    def training_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        images, labels = batch["image"], batch["label"]
+        b = self.cfg.bcct
+        logs = {}
+        loss = torch.zeros((), device=images.device)
+        if "bc_mask" in batch:  # two-stage: masks cached and transformed with the image
+            m = batch["bc_mask"].bool()
+            weight = (batch["bc_weight"] if "bc_weight" in batch else torch.ones_like(m, dtype=torch.float32))
+        else:  # end-to-end (paper 4.2): BC learns on this batch and masks come from it
+            maps, target_feats, _ = self.gradient_maps(images)
+            with torch.no_grad():
+                bg_feats = self.bc.features(batch["background"])
+            l_bc, bc_acc = bc_loss(self.bc, target_feats, bg_feats)
+            loss = loss + l_bc
+            logs.update(bc_loss=l_bc.item(), bc_acc=bc_acc)
+            m, weight = self.masks(maps)
+
+        out = self.model(images)
+        l_cls = F.cross_entropy(out["logits"], labels)
+        loss = loss + l_cls
+        logs.update(cls_loss=l_cls.item(), acc=(out["logits"].argmax(1) == labels).float().mean().item(),
+                    mask_area=m.float().mean().item())
+        if self.mask_on:
+            size = images.shape[-2:]
+            l_mask = torch.zeros((), device=images.device)
+            if b.mask_target in ("cam", "both"):
+                a = cam.upsample(cam.select(out["cams"], labels), size)
+                l_mask = l_mask + mask_loss(a, m, weight, b.mask_loss)
+            if b.mask_target in ("branch", "both"):
+                a = cam.upsample(out["branch"], size)
+                l_mask = l_mask + mask_loss(a, m, weight, b.mask_loss)
+            loss = loss + b.mask_weight * l_mask
+            logs["mask_loss"] = l_mask.item()
+        logs["loss"] = loss.item()
+        return loss, logs
+
+    def mask_boxes(self, images: torch.Tensor) -> torch.Tensor:
+        return mask_boxes(bc_mask(self.gradient_maps(images)[0], self.cfg.bcct.delta))
+
+    def score_maps(self, out: dict, classes: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps = {"cam": cam.select(out["cams"], classes)}
+        if "branch" in out:
+            maps["agnostic"] = out["branch"]
+        return maps
+
+    def param_groups(self) -> list[dict]:
+        o = self.cfg.optim
+        groups = self.model.param_groups(o.lr_backbone, o.lr)
+        groups.append({"params": [p for p in self.bc.parameters() if p.requires_grad], "lr": self.cfg.bcct.bc_lr, "weight_decay": 0.0})
+        return groups

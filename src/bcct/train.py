@@ -107,7 +107,7 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, resume: bool 
                         persistent_workers=cfg.data.workers > 0)
 
     method = build_method(cfg, wset.num_classes).to(device)
-    backgrounds = None
+    backgrounds, folder = None, None
     if method.needs_backgrounds:
         folder = cfg.data.backgrounds or str(Path(cfg.data.root) / "backgrounds")
         backgrounds = background_batches(cfg, folder, cfg.optim.batch_size)
@@ -129,6 +129,7 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, resume: bool 
             best_val, thresholds = best["val"], best["thresholds"]
             best_score = _score(best_val)
 
+    method.prepare(train_ds, folder, device, progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.write_text_atomic(to_yaml(cfg), out_dir / "config.yaml")
     log_path = out_dir / "metrics.jsonl"

@@ -50,6 +50,9 @@ class Method(nn.Module):
         None when the method has none."""
         return None
 
+    def prepare(self, train_ds, background_folder: str | None, device: torch.device, progress: bool = True) -> None:
+        """Hook run once before the first epoch (a stage that must come first, caches, ...)."""
+
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for schedules inside a method (warm-up of a loss term, ...)."""
 

@@ -50,6 +50,8 @@ class BCCT(Method):
         self.model = CTModel(cfg.model, num_classes, mask_branch=b.mask_target in ("branch", "both"))
         self.bc = BCModel(cfg.model, b.bc_hidden)
         self.mask_on = True
+        # two-stage: set once the BC model has been trained (saved with the checkpoint)
+        self.register_buffer("bc_ready", torch.zeros((), dtype=torch.bool))
 
     def forward(self, images: torch.Tensor) -> dict:
         return self.model(images)
@@ -77,15 +79,25 @@ class BCCT(Method):
         weight[empty] = 0
         return m, weight
 
+    # -- two-stage: BC first, then cached gradient maps ------------------------------------
+    def prepare(self, train_ds, background_folder, device, progress: bool = True) -> None:
+        if self.cfg.bcct.mode != "two_stage":
+            return
+        from bcct.two_stage import cache_gradient_maps, train_bc
+
+        if not bool(self.bc_ready):
+            train_bc(self, train_ds, background_folder, device, progress)
+            self.bc_ready.fill_(True)
+        train_ds.cached_maps = cache_gradient_maps(self, train_ds, device)
+
     # -- one training step -------------------------------------------------------------
     def training_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
         images, labels = batch["image"], batch["label"]
         b = self.cfg.bcct
         logs = {}
         loss = torch.zeros((), device=images.device)
-        if "bc_mask" in batch:  # two-stage: masks cached and transformed with the image
-            m = batch["bc_mask"].bool()
-            weight = (batch["bc_weight"] if "bc_weight" in batch else torch.ones_like(m, dtype=torch.float32))
+        if "cached_map" in batch:  # two-stage: maps cached per image, transformed with it
+            m, weight = self.masks(batch["cached_map"].float() / 255)
         else:  # end-to-end (paper 4.2): BC learns on this batch and masks come from it
             maps, target_feats, _ = self.gradient_maps(images)
             with torch.no_grad():

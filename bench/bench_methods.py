@@ -1,0 +1,107 @@
+"""Training throughput of CAM and BC-CT (end-to-end and two-stage) on one backbone.
+
+Times the model step only (``training_step`` + backward + SGD step): every method gets
+the same random-init backbone (``model.pretrained=none``), batch size and input size, and
+its batch is already in memory (synthetic tensors, no data loading). Methods run
+interleaved in rounds (A B C A B C ...) after a warm-up, and the median step time is
+reported, so that load from other processes on the machine hits all of them alike.
+
+- ``cam``: cross-entropy on the CAM head.
+- ``bcct end2end``: also the BC input gradient, the BC classifier step on a background
+  batch of the same size, Eq. 2 masks with their largest part, and the mask loss.
+- ``bcct two-stage``: the batch carries ``cached_map`` (uint8 [B,S,S], made once up front
+  by the BC model, as ``bcct.two_stage.cache_gradient_maps`` does), so no BC work runs in
+  the step: masks from the cached maps and the mask loss only.
+
+    python bench/bench_methods.py [--size 64] [--batch 32] [--steps 20] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from bcct.config import load_config
+from bcct.methods import build_method
+
+NUM_CLASSES = 10
+WARMUP = 3
+TARGETS = {"bcct two-stage": 1.05, "bcct end2end": 1.6}  # max ratio of step time to CAM's
+
+
+def make_method(size: int, batch: int, *overrides: str, method: str):
+    cfg = load_config("synth", [f"image_size={size}", f"batch_size={batch}", *overrides], method=method)
+    cfg.model.pretrained = "none"  # random init: no weights file, same backbone for all
+    m = build_method(cfg, num_classes=NUM_CLASSES).train()
+    opt = torch.optim.SGD(m.param_groups(), momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+    return m, opt
+
+
+def step(method, opt, batch: dict) -> float:
+    """One timed training step (what ``bcct.train.train_one_epoch`` does per batch); seconds."""
+    start = time.perf_counter()
+    loss, _ = method.training_step(batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=64, help="input size S (images S x S)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per method")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    b, s = args.batch, args.size
+
+    images = torch.randn(b, 3, s, s)
+    labels = torch.randint(0, NUM_CLASSES, (b,))
+    backgrounds = torch.randn(b, 3, s, s)
+    # Low lrs keep random-data training finite; the cost of a step does not depend on them.
+    low_lr = ["optim.lr=0.001", "optim.lr_backbone=0.0001"]
+    methods = {
+        "cam": make_method(s, b, *low_lr, method="cam"),
+        "bcct end2end": make_method(s, b, *low_lr, "bcct.mode=end2end", method="bcct"),
+        "bcct two-stage": make_method(s, b, *low_lr, "bcct.mode=two_stage", method="bcct"),
+    }
+    # The two-stage cache: the BC model's gradient maps of these images, as uint8 (made once,
+    # outside the timed steps, exactly like cache_gradient_maps before the first epoch).
+    two_stage = methods["bcct two-stage"][0]
+    cached = (two_stage.gradient_maps(images)[0] * 255).round().to(torch.uint8)
+    batches = {
+        "cam": {"image": images, "label": labels},
+        "bcct end2end": {"image": images, "label": labels, "background": backgrounds},
+        "bcct two-stage": {"image": images, "label": labels, "cached_map": cached},
+    }
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), small_vgg (random init), "
+          f"batch {b}, input {s}x{s}, {WARMUP} warm-up + {args.steps} timed steps per method, interleaved")
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for r in range(WARMUP + args.steps):
+        for name, (m, opt) in methods.items():
+            t = step(m, opt, batches[name])
+            if r >= WARMUP:
+                times[name].append(t)
+
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    print(f"\n{'method':<16} {'ms/step':>9} {'IQR ms':>13} {'images/s':>9} {'x CAM':>7}")
+    for name, ts in times.items():
+        q1, _, q3 = statistics.quantiles(ts, n=4)
+        print(f"{name:<16} {1e3 * med[name]:9.1f} {f'{1e3 * q1:.0f}-{1e3 * q3:.0f}':>13} {b / med[name]:9.1f} "
+              f"{med[name] / med['cam']:7.2f}")
+    print()
+    for name, limit in TARGETS.items():
+        ratio = med[name] / med["cam"]
+        print(f"target {name:<16} <= {limit:.2f}x CAM: {ratio:.2f}x  {'PASS' if ratio <= limit else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()

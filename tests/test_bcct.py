@@ -26,7 +26,7 @@ from bcct.data.images import load_rgb
 from bcct.data.readers import read_dataset
 from bcct.data.transforms import denormalize, test_transform as plain_transform, train_transform
 from bcct.gradient_map import input_gradient, normalize, reduce_channels, smooth
-from bcct.mask import largest_component, mask_boxes, threshold
+from bcct.mask import component_labels, largest_component, mask_boxes, threshold
 from bcct.methods import build_method
 from bcct.methods.bcct import BCCT, mask_loss
 from bcct.run import evaluate_checkpoint
@@ -142,7 +142,10 @@ def test_normalize_by_hand():
     # 99th percentile: position 0.99*3 = 2.97 between 3 and 5 -> 3 + 0.97*2 = 4.94.
     out = normalize(maps, "percentile")
     assert torch.allclose(out[0], torch.tensor([[1 / 4.94, 2 / 4.94], [3 / 4.94, 1.0]]))
-    for how in ("max", "minmax", "percentile"):
+    out = normalize(maps, "sqrt")  # sqrt(x / 5)
+    assert torch.allclose(out[0], torch.tensor([[0.2, 0.4], [0.6, 1.0]]).sqrt())
+    assert torch.equal(out[1], torch.zeros(2, 2))
+    for how in ("max", "minmax", "percentile", "sqrt"):
         out = normalize(torch.randn(3, 7, 9).abs() * 100, how)
         assert out.min() >= 0 and out.max() <= 1 and torch.allclose(out.flatten(1).amax(1), torch.ones(3))
     with pytest.raises(ValueError):
@@ -214,6 +217,23 @@ def test_largest_component_matches_scipy(connectivity):
     kept = largest_component(torch.from_numpy(same), connectivity=connectivity).numpy()
     for mask, k in zip(same, kept):
         _check_largest(mask, k, structure)
+
+
+@pytest.mark.parametrize("connectivity", [8, 4])
+def test_component_labels_partition_matches_scipy(connectivity):
+    """The batched label propagation itself (the device path): every part gets one label,
+    the largest flat index inside it; background gets -1."""
+    structure = np.ones((3, 3), int) if connectivity == 8 else ndimage.generate_binary_structure(2, 1)
+    rng = np.random.default_rng(10 + connectivity)
+    for _ in range(20):
+        mask = _random_blobs(rng)
+        labels = component_labels(torch.from_numpy(mask)[None], connectivity)[0].numpy()
+        ref, n = ndimage.label(mask, structure=structure)
+        assert np.array_equal(labels == -1, ~mask)
+        flat_ids = np.arange(mask.size).reshape(mask.shape)
+        for k in range(1, n + 1):
+            assert set(np.unique(labels[ref == k])) == {flat_ids[ref == k].max()}
+        assert len(np.unique(labels[mask])) == n
 
 
 def test_largest_component_diagonal_contact():

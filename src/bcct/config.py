@@ -81,8 +81,8 @@ class BCCTConfig:
     reduce: str = "max"  # gradient channels -> one map: max of |g| (Simonyan et al.) | l2
     pool: int = 1  # average the saliency over pool x pool cells before smoothing (1: off)
     smooth_sigma: float = 1.0  # gradient-map Gaussian smoothing, sigma in pixels
-    normalize: str = "max"  # gradient-map normalisation: max | percentile | minmax
-    ignore_band: float = 0.0  # pixels between (1-band)*delta and delta are ignored in the mask loss
+    normalize: str = "max"  # gradient-map normalisation: max | sqrt | percentile | minmax
+    ignore_band: float = 0.0  # >0: only pixels below (1-band)*delta*max are sure background; the rest outside the mask is ignored
     warmup_epochs: int = 0  # plain CAM epochs before the mask loss is switched on
     backgrounds_auto: bool = False  # build a Background Image Set from training-image borders
 

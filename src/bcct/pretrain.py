@@ -20,7 +20,7 @@ from bcct import checkpoint
 from bcct.backbones import cache_dir, make_vgg
 from bcct.config import IMAGENET_MEAN, IMAGENET_STD
 
-DEFAULTS = {"steps": 400, "batch_size": 64, "size": 64, "pool": 8000, "lr": 0.05, "seed": 1234}
+DEFAULTS = {"steps": 400, "batch_size": 64, "size": 64, "pool": 4000, "lr": 0.05, "seed": 1234}
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -67,7 +67,7 @@ def pretrain_standin(steps: int = DEFAULTS["steps"], batch_size: int = DEFAULTS[
 
 
 def standin_path(steps: int | None = None) -> Path:
-    return cache_dir() / f"small_vgg_standin_v1_s{steps or DEFAULTS['steps']}.pt"
+    return cache_dir() / f"small_vgg_standin_v2_s{steps or DEFAULTS['steps']}.pt"
 
 
 def standin_weights(steps: int | None = None, log=print) -> dict:

@@ -107,10 +107,8 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, resume: bool 
                         persistent_workers=cfg.data.workers > 0)
 
     method = build_method(cfg, wset.num_classes).to(device)
-    backgrounds, folder = None, None
-    if method.needs_backgrounds:
-        folder = cfg.data.backgrounds or str(Path(cfg.data.root) / "backgrounds")
-        backgrounds = background_batches(cfg, folder, cfg.optim.batch_size)
+    folder = cfg.data.backgrounds or str(Path(cfg.data.root) / "backgrounds")
+    backgrounds = background_batches(cfg, folder, cfg.optim.batch_size) if method.needs_backgrounds else None
 
     optimizer = torch.optim.SGD(method.param_groups(), momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.optim.lr_step_epochs), gamma=cfg.optim.lr_gamma)
@@ -129,11 +127,14 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, resume: bool 
             best_val, thresholds = best["val"], best["thresholds"]
             best_score = _score(best_val)
 
-    method.prepare(train_ds, folder, device, progress)
+    prep_stats = method.prepare(train_ds, folder, device, progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.write_text_atomic(to_yaml(cfg), out_dir / "config.yaml")
     log_path = out_dir / "metrics.jsonl"
     _truncate_log(log_path, start_epoch)
+    if prep_stats:
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps({"epoch": -1, "prepare": prep_stats}) + "\n")
     for epoch in range(start_epoch, cfg.optim.epochs):
         t0 = time.time()
         train_logs = train_one_epoch(method, loader, optimizer, device, epoch, backgrounds, progress)

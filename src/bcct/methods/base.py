@@ -29,7 +29,7 @@ class Method(nn.Module):
     """
 
     name = "base"
-    needs_backgrounds = False  # the loop then adds batch["background"]
+    needs_backgrounds = False  # True: the loop adds batch["background"] (Background Image Set)
 
     def __init__(self, cfg: Config, num_classes: int):
         super().__init__()
@@ -50,8 +50,10 @@ class Method(nn.Module):
         None when the method has none."""
         return None
 
-    def prepare(self, train_ds, background_folder: str | None, device: torch.device, progress: bool = True) -> None:
-        """Hook run once before the first epoch (a stage that must come first, caches, ...)."""
+    def prepare(self, train_ds, background_folder: str | None, device: torch.device, progress: bool = True) -> dict | None:
+        """Hook run once before the first epoch (a stage that must come first, caches, ...);
+        may return statistics for the metrics log."""
+        return None
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for schedules inside a method (warm-up of a loss term, ...)."""

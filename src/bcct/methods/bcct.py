@@ -42,7 +42,11 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, 
 
 @register("bcct")
 class BCCT(Method):
-    needs_backgrounds = True
+    @property
+    def needs_backgrounds(self) -> bool:
+        """Only end-to-end training draws background batches in the loop; two-stage trains
+        its BC model in ``prepare``."""
+        return self.cfg.bcct.mode == "end2end"
 
     def __init__(self, cfg: Config, num_classes: int):
         super().__init__(cfg, num_classes)
@@ -67,8 +71,10 @@ class BCCT(Method):
         return gradient_map(grad, b.reduce, b.smooth_sigma, b.normalize, b.pool), feats, logits
 
     def masks(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mask M, weight): M from Eq. 2 + largest part; weight 0 on the ignore band and on
-        images whose mask came out empty (their maps carry no foreground)."""
+        """(mask M, weight): M from Eq. 2 + largest part. With ``ignore_band`` > 0 only pixels
+        below ``delta * (1 - band) * max`` are sure background: the band and the parts that
+        the largest-part rule dropped get weight 0 (SPG/BGC style). Images whose mask came out
+        empty get weight 0 (their maps carry no foreground)."""
         b = self.cfg.bcct
         m = bc_mask(maps, b.delta)
         weight = torch.ones_like(maps)
@@ -80,15 +86,17 @@ class BCCT(Method):
         return m, weight
 
     # -- two-stage: BC first, then cached gradient maps ------------------------------------
-    def prepare(self, train_ds, background_folder, device, progress: bool = True) -> None:
+    def prepare(self, train_ds, background_folder, device, progress: bool = True) -> dict | None:
         if self.cfg.bcct.mode != "two_stage":
-            return
+            return None
         from bcct.two_stage import cache_gradient_maps, train_bc
 
+        stats = None
         if not bool(self.bc_ready):
-            train_bc(self, train_ds, background_folder, device, progress)
+            stats = train_bc(self, train_ds, background_folder, device, progress)
             self.bc_ready.fill_(True)
         train_ds.cached_maps = cache_gradient_maps(self, train_ds, device)
+        return stats
 
     # -- one training step -------------------------------------------------------------
     def training_step(self, batch: dict) -> tuple[torch.Tensor, dict]:

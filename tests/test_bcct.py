@@ -383,9 +383,12 @@ RUNS = [("end2end", "cam"), ("end2end", "branch"), ("end2end", "both"),
 def test_train_and_evaluate_end_to_end(mode, target, make_tiny_cfg, tmp_path):
     epochs = 2 if target == "cam" else 1
     cfg = make_tiny_cfg(f"epochs={epochs}", f"bcct.mode={mode}", f"bcct.mask_target={target}", "bcct.bc_epochs=1",
-                        method="bcct")
+                        "bcct.warmup_epochs=0", method="bcct")
     train(cfg, tmp_path, progress=False)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    if mode == "two_stage":  # the BC stage logs its statistics first, as epoch -1
+        prepare = lines.pop(0)
+        assert prepare["epoch"] == -1 and 0 <= prepare["prepare"]["bc_acc"] <= 1
     assert [r["epoch"] for r in lines] == list(range(epochs))
     for r in lines:
         logs = r["train"]
@@ -418,7 +421,7 @@ def test_train_and_evaluate_end_to_end(mode, target, make_tiny_cfg, tmp_path):
 
 def test_loss_falls_on_a_fixed_batch(make_tiny_cfg, tiny_data):
     torch.manual_seed(0)
-    cfg = make_tiny_cfg(method="bcct")  # end2end, stand-in backbone
+    cfg = make_tiny_cfg("bcct.warmup_epochs=0", method="bcct")  # end2end, stand-in backbone
     assert cfg.bcct.mode == "end2end"
     ds = WSOLDataset(read_dataset(cfg.data).split("train")[:8], plain_transform(cfg.data))
     batch = collate([ds[i] for i in range(8)])

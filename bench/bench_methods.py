@@ -7,8 +7,8 @@ interleaved in rounds (A B C A B C ...) after a warm-up, and the median step tim
 reported, so that load from other processes on the machine hits all of them alike.
 
 - ``cam``: cross-entropy on the CAM head.
-- ``bcct end2end``: also the BC input gradient, the BC classifier step on a background
-  batch of the same size, Eq. 2 masks with their largest part, and the mask loss.
+- ``bcct end2end``: also the BC input gradient, the BC classifier step on half a batch of
+  backgrounds (and as many targets), Eq. 2 masks with their largest part, and the mask loss.
 - ``bcct two-stage``: the batch carries ``cached_map`` (uint8 [B,S,S], made once up front
   by the BC model, as ``bcct.two_stage.cache_gradient_maps`` does), so no BC work runs in
   the step: masks from the cached maps and the mask loss only.
@@ -64,7 +64,7 @@ def main() -> None:
 
     images = torch.randn(b, 3, s, s)
     labels = torch.randint(0, NUM_CLASSES, (b,))
-    backgrounds = torch.randn(b, 3, s, s)
+    backgrounds = torch.randn(b // 2, 3, s, s)  # the loop sends half a batch (bcct.train)
     # Low lrs keep random-data training finite; the cost of a step does not depend on them.
     low_lr = ["optim.lr=0.001", "optim.lr_backbone=0.0001"]
     methods = {

@@ -1,4 +1,4 @@
-"""The ``bcct`` command line: synth, train, eval, demo.
+"""The ``bcct`` command line: synth, train, eval, localize, demo.
 
 Every command turns bad input (:class:`bcct.errors.BadInput`) into one ``error:`` line and
 exit status 2, and Ctrl-C into exit status 130; a traceback means a bug in bcct.
@@ -19,7 +19,7 @@ def _add_train(sub) -> None:
     p.add_argument("--config", default="synth", help="built-in recipe name (synth, ...) or a YAML file")
     p.add_argument("--method", default=None, help="cam | bcct (overrides the recipe)")
     p.add_argument("--data", required=True, help="data root (CUB-200-2011 layout)")
-    p.add_argument("--backgrounds", default=None, help="Background Image Set folder (default: DATA/backgrounds)")
+    p.add_argument("--backgrounds", default=None, help="Background Image Set folder (default: DATA/backgrounds); 'auto': crops of the training images' borders")
     p.add_argument("--out", required=True, help="run directory (config.yaml, metrics.jsonl, last.pt, best.pt)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -54,6 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train(sub)
     _add_eval(sub)
+
+    p = sub.add_parser("sweep-delta", help="BC* over delta from a bcct checkpoint (Table 2-3); --train retrains per delta")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", default=None)
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--deltas", default="0.5,0.6,0.7,0.75,0.8,0.85,0.9")
+    p.add_argument("--json", default=None)
+    p.add_argument("--train", action="store_true", help="also retrain BC-CT for every delta (paper Table 3)")
+    p.add_argument("--out", default=None, help="run directories for --train")
+
+    p = sub.add_parser("localize", help="boxes for any images with a checkpoint: OUT/boxes.json and overlays")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    p.add_argument("--out", required=True, help="writes OUT/boxes.json and OUT/overlays/<stem>.png")
+    p.add_argument("--threshold", type=float, default=None, help="CAM threshold (default: the one chosen on val)")
+    p.add_argument("--readout", default=None, help="score map to read (default: the method's primary one)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-overlays", action="store_true", help="write boxes.json only")
 
     p = sub.add_parser("demo", help="the embedded default end to end: data, stand-in pretraining, methods, report")
     p.add_argument("--out", default="demo_out")
@@ -113,6 +131,33 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_sweep_delta(args) -> int:
+    from bcct.checkpoint import write_text_atomic
+    from bcct.sweep import format_sweep, run_sweep
+
+    try:
+        deltas = [float(d) for d in args.deltas.split(",")]
+    except ValueError:
+        raise BadInput(f"--deltas {args.deltas!r}: expected comma-separated numbers, e.g. 0.7,0.8,0.9") from None
+    if args.train and not args.out:
+        raise BadInput("--train needs --out DIR for the per-delta runs")
+    result = run_sweep(args.checkpoint, deltas, data=args.data, split=args.split, train_out=args.out if args.train else None)
+    print(format_sweep(result))
+    if args.json:
+        write_text_atomic(json.dumps(result, indent=2), args.json)
+    return 0
+
+
+def cmd_localize(args) -> int:
+    from bcct.localize import localize_paths
+
+    result = localize_paths(args.checkpoint, args.paths, args.out, threshold=args.threshold, readout=args.readout,
+                            batch_size=args.batch_size, overlays=not args.no_overlays)
+    print(f"localized {len(result['images'])} images ({len(result['skipped'])} skipped) -> "
+          f"{Path(args.out) / 'boxes.json'}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from bcct.demo import run_demo
 
@@ -121,7 +166,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"synth": cmd_synth, "pretrain": cmd_pretrain, "train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}
+COMMANDS = {"synth": cmd_synth, "pretrain": cmd_pretrain, "train": cmd_train, "eval": cmd_eval,
+            "sweep-delta": cmd_sweep_delta, "localize": cmd_localize, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,8 +26,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass
 class DataConfig:
     root: str = ""
-    backgrounds: str = ""  # empty: ROOT/backgrounds
-    layout: str = "cub"  # cub | ilsvrc | ilsvrc_wsol
+    backgrounds: str = ""  # Background Image Set folder; empty: ROOT/backgrounds; "auto": border crops of train images
+    layout: str = "cub"  # cub | ilsvrc | wsol (readers in bcct/data/readers.py)
+    metadata: str = ""  # layout wsol: wsolevaluation's metadata/<DATASET> folder; empty: ROOT/metadata
     image_size: int = 224  # paper 5.1: 224x224 crops
     crop_scale: tuple[float, float] = (0.25, 1.0)  # RandomResizedCrop area range (our choice, see configs)
     hflip: float = 0.5  # paper 5.1
@@ -84,7 +85,6 @@ class BCCTConfig:
     normalize: str = "max"  # gradient-map normalisation: max | sqrt | percentile | minmax
     ignore_band: float = 0.0  # >0: only pixels below (1-band)*delta*max are sure background; the rest outside the mask is ignored
     warmup_epochs: int = 0  # plain CAM epochs before the mask loss is switched on
-    backgrounds_auto: bool = False  # build a Background Image Set from training-image borders
 
 
 @dataclass
@@ -157,7 +157,17 @@ def to_dict(cfg: Config) -> dict:
 
 
 def from_dict(d: dict) -> Config:
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), d))
+    """A config saved in a checkpoint; keys this version no longer knows are dropped."""
+    schema = OmegaConf.structured(Config)
+    return OmegaConf.to_object(OmegaConf.merge(schema, _known(d, schema)))
+
+
+def _known(d: dict, schema) -> dict:
+    out = {}
+    for k, v in d.items():
+        if k in schema:
+            out[k] = _known(v, schema[k]) if isinstance(v, dict) and OmegaConf.is_config(schema[k]) else v
+    return out
 
 
 def to_yaml(cfg: Config) -> str:

@@ -21,13 +21,14 @@ from bcct.data.synth import generate
 from bcct.data.transforms import test_transform
 from bcct.evaluate import predict
 from bcct.methods import METHODS
-from bcct.report import format_table, overlay_grid
+from bcct.report import format_table, map_grid, overlay_grid
+from bcct.sweep import format_sweep
 from bcct.run import evaluate_checkpoint, load_method
 from bcct.train import train
 
 FULL = {"data": dict(n_classes=10, n_images=1000, n_backgrounds=120), "overrides": []}
 QUICK = {"data": FULL["data"],
-         "overrides": ["epochs=4"]}
+         "overrides": ["epochs=5", "model.pretrained=standin-150", "bcct.warmup_epochs=1"]}
 DEMO_METHODS = ("cam", "bcct")
 N_FIGURE = 8
 
@@ -57,9 +58,18 @@ def run_demo(out: str | Path, quick: bool = False, methods: list[str] | None = N
 
     figure = out / "overlays.png"
     _figure(out, methods, figure)
+    extra = ""
+    if "bcct" in methods:
+        _bc_figure(out, out / "bc_masks.png")
+        sweep = _sweep(out)
+        metrics["bcct"]["delta_sweep"] = sweep
+        write_text_atomic(json.dumps(metrics, indent=2), out / "metrics.json")
+        extra = ("\n## BC masks (paper Fig. 3)\n\n![bc masks](bc_masks.png)\n\n"
+                 "Rows: input; gradient map of the pretrained backbone alone; BC gradient map; BC mask at delta.\n\n"
+                 "## Mask validity over delta (paper Tables 2-3, test split)\n\n" + format_sweep(sweep) + "\n")
     table = format_table(metrics)
     total = round(time.time() - t_start, 1)
-    write_text_atomic(_report(table, timings, total, quick, figure.name), out / "report.md")
+    write_text_atomic(_report(table, timings, total, quick, figure.name) + extra, out / "report.md")
     print(table)
     print(f"[demo] {total} s; wrote {out / 'metrics.json'}, {out / 'report.md'}, {figure}")
     return metrics
@@ -81,6 +91,36 @@ def _figure(out: Path, methods: list[str], path: Path) -> None:
                          for r, m, s in zip(ds.records, maps, ds.image_sizes())])
             labels.append(f"{name}/{readout}")
     overlay_grid(rows, path, labels)
+
+
+def _bc_figure(out: Path, path: Path) -> None:
+    """Input, pretrained-only gradient map, BC gradient map, BC mask for a few test images."""
+    import torch
+
+    from bcct.backbones import build_backbone
+    from bcct.data.transforms import denormalize
+    from bcct.gradient_map import gradient_map, pretrained_gradient
+    from bcct.mask import bc_mask
+
+    method, cfg, _ = load_method(str(out / "runs" / "bcct" / "best.pt"))
+    records = read_dataset(cfg.data, seed=cfg.seed).split("test")
+    picks = np.linspace(0, len(records) - 1, N_FIGURE).astype(int)
+    ds = WSOLDataset([records[i] for i in picks], test_transform(cfg.data))
+    images = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    b = cfg.bcct
+    pretrained = build_backbone(cfg.model.backbone, load_config("synth").model.pretrained).eval()
+    plain = gradient_map(pretrained_gradient(pretrained, images), b.reduce, b.smooth_sigma, b.normalize, b.pool)
+    maps = method.gradient_maps(images)[0]
+    rows = {"pretrained": plain.numpy(), "BC map": maps.detach().numpy(), f"mask d={b.delta}": bc_mask(maps, b.delta).numpy()}
+    map_grid(denormalize(images, cfg.data).permute(0, 2, 3, 1).numpy(), rows, path)
+
+
+def _sweep(out: Path) -> dict:
+    from bcct.sweep import mask_sweep
+
+    method, cfg, _ = load_method(str(out / "runs" / "bcct" / "best.pt"))
+    ds = WSOLDataset(read_dataset(cfg.data, seed=cfg.seed).split("test"), test_transform(cfg.data))
+    return {f"{d:g}": r for d, r in mask_sweep(method, ds, workers=cfg.data.workers).items()}
 
 
 def _report(table: str, timings: dict, total: float, quick: bool, figure: str) -> str:

@@ -78,3 +78,13 @@ def gradient_map(grad: torch.Tensor, reduce: str = "max", sigma: float = 0.0, no
         maps = F.avg_pool2d(maps.unsqueeze(1), pool, stride=pool, ceil_mode=True)
         maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False).squeeze(1)
     return normalize(smooth(maps, sigma), norm)
+
+
+def pretrained_gradient(backbone, images: torch.Tensor) -> torch.Tensor:
+    """Fig. 3's second row: the input gradient of a pretrained backbone alone (no Background
+    Image Set), taken of the squared norm of its globally pooled features."""
+    with torch.enable_grad():
+        x = images.detach().requires_grad_(True)
+        pooled = backbone(x).mean(dim=(2, 3))
+        (grad,) = torch.autograd.grad(pooled.pow(2).sum(), x)
+    return grad

@@ -90,3 +90,25 @@ def overlay_grid(panels: list[list[dict]], path: str | Path, row_labels: list[st
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+
+
+def map_grid(images: np.ndarray, rows: dict[str, np.ndarray], path: str | Path) -> None:
+    """Paper Fig. 3 style: the input images on top, then one row of maps per entry of ``rows``
+    (each [N,H,W] in [0,1] or bool) at the input resolution."""
+    n = len(images)
+    fig, axes = plt.subplots(1 + len(rows), n, figsize=(1.5 * n, 1.55 * (1 + len(rows))), squeeze=False)
+    for j in range(n):
+        axes[0][j].imshow(images[j])
+        for i, maps in enumerate(rows.values(), 1):
+            axes[i][j].imshow(maps[j], cmap="gray" if maps.dtype == bool else "jet", vmin=0, vmax=1)
+    for i, label in enumerate(["input", *rows]):
+        axes[i][0].set_ylabel(label, fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

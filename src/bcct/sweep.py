@@ -48,8 +48,40 @@ def mask_sweep(method, ds: WSOLDataset, deltas=DELTAS, batch_size: int = 64, wor
     return out
 
 
+def run_sweep(ckpt_path: str, deltas, data: str | None = None, split: str = "test", train_out: str | None = None) -> dict:
+    """The mask sweep of a bcct checkpoint; with ``train_out``, BC-CT retrained per delta too."""
+    from pathlib import Path
+
+    from bcct.config import from_dict
+    from bcct.data.readers import read_dataset
+    from bcct.data.transforms import test_transform
+    from bcct.run import evaluate_checkpoint, load_method
+    from bcct.train import train
+
+    method, cfg, ckpt = load_method(ckpt_path)
+    if data:
+        cfg.data.root = data
+    ds = WSOLDataset(read_dataset(cfg.data, seed=cfg.seed).split(split), test_transform(cfg.data))
+    result = {f"{d:g}": r for d, r in mask_sweep(method, ds, deltas, cfg.eval.batch_size, cfg.data.workers).items()}
+    if train_out:
+        for d in deltas:
+            run_cfg = from_dict(ckpt["config"])  # with its pretrained weights, unlike ``cfg``
+            run_cfg.data.root, run_cfg.bcct.delta = cfg.data.root, d
+            run_dir = Path(train_out) / f"delta_{d:g}"
+            train(run_cfg, run_dir, progress=False)
+            m = evaluate_checkpoint(str(run_dir / "best.pt"), split=split, progress=False)
+            result[f"{d:g}"].update(top1_loc=m["top1_loc"], top5_loc=m["top5_loc"], gt_known=m["gt_known"])
+    return result
+
+
 def format_sweep(sweep: dict) -> str:
-    lines = ["| delta | BC* err | mask box IoU>=0.5 | mask area |", "|---|---|---|---|"]
+    """Markdown like the paper's Table 3 (errors in percent) plus mask statistics."""
+    trained = any("top1_loc" in r for r in sweep.values())
+    head = "| delta | BC* err | mask box IoU>=0.5 | mask area |" + (" top-1 loc err | top-5 loc err |" if trained else "")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for d, r in sweep.items():
-        lines.append(f"| {d:.2f} | {100 * (1 - r['mask_validity']):.2f} | {100 * r['mask_iou50']:.1f} | {100 * r['mask_area']:.1f} |")
+        row = f"| {d} | {100 * (1 - r['mask_validity']):.2f} | {100 * r['mask_iou50']:.1f} | {100 * r['mask_area']:.1f} |"
+        if trained:
+            row += f" {100 * (1 - r['top1_loc']):.2f} | {100 * (1 - r['top5_loc']):.2f} |"
+        lines.append(row)
     return "\n".join(lines)

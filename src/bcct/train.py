@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from bcct import checkpoint
 from bcct.config import Config, to_dict, to_yaml
-from bcct.data.background_set import BackgroundSet
+from bcct.data.background_set import make_background_set
 from bcct.data.dataset import WSOLDataset, collate
 from bcct.data.readers import read_dataset
 from bcct.data.transforms import test_transform, train_transform
@@ -41,9 +41,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def background_batches(cfg: Config, folder: str, batch_size: int):
-    """An endless stream of background batches, drawn with replacement (paper 3.2)."""
-    bg = BackgroundSet(folder, train_transform(cfg.data))
+def background_batches(cfg: Config, folder: str, batch_size: int, train_paths=()):
+    """An endless stream of background batches, drawn with replacement (paper 3.2).
+    ``folder`` = "auto" crops them from the training images' borders."""
+    bg = make_background_set(folder, list(train_paths), train_transform(cfg.data))
     sampler = RandomSampler(bg, replacement=True, num_samples=10**9)
     loader = DataLoader(bg, batch_size=batch_size, sampler=sampler, num_workers=min(1, cfg.data.workers),
                         drop_last=True, pin_memory=torch.cuda.is_available())
@@ -108,7 +109,10 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, resume: bool 
 
     method = build_method(cfg, wset.num_classes).to(device)
     folder = cfg.data.backgrounds or str(Path(cfg.data.root) / "backgrounds")
-    backgrounds = background_batches(cfg, folder, cfg.optim.batch_size) if method.needs_backgrounds else None
+    train_paths = [r.path for r in train_ds.records]
+    backgrounds = None
+    if method.needs_backgrounds:  # half a batch: the BC model takes as many targets (bcct.py)
+        backgrounds = background_batches(cfg, folder, max(1, cfg.optim.batch_size // 2), train_paths)
 
     optimizer = torch.optim.SGD(method.param_groups(), momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.optim.lr_step_epochs), gamma=cfg.optim.lr_gamma)

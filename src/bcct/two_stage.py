@@ -25,7 +25,7 @@ def train_bc(method, train_ds: WSOLDataset, background_folder: str, device, prog
     bc.train()
     params = [p for p in bc.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.bcct.bc_lr, momentum=cfg.optim.momentum)
-    bgs = background_batches(cfg, background_folder, cfg.optim.batch_size)
+    bgs = background_batches(cfg, background_folder, cfg.optim.batch_size, [r.path for r in train_ds.records])
     loader = DataLoader(train_ds, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
                         num_workers=cfg.data.workers, collate_fn=collate)
     stats = {}

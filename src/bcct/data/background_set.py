@@ -31,6 +31,41 @@ def find_backgrounds(folder: str | Path) -> list[Path]:
     return paths
 
 
+class BorderCrops(Dataset):
+    """An automatic Background Image Set for users who have none: a random corner crop of
+    ``fraction`` of each side of a training image (no box annotation is used). Objects tend
+    to sit away from the corners, so most crops hold background only; see docs/bcct.md for
+    how it compares with a real Background Image Set."""
+
+    def __init__(self, paths: list[Path], transform: Callable, fraction: float = 0.3):
+        if not paths:
+            raise BadInput("automatic backgrounds: the train split holds no image to crop from")
+        self.paths = paths
+        self.transform = transform
+        self.fraction = fraction
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        img = load_rgb(self.paths[index])
+        w, h = img.size
+        cw, ch = max(8, int(w * self.fraction)), max(8, int(h * self.fraction))
+        corner = int(torch.randint(4, ()).item())
+        x0 = 0 if corner in (0, 2) else w - cw
+        y0 = 0 if corner in (0, 1) else h - ch
+        crop = img.crop((x0, y0, x0 + cw, y0 + ch))
+        t = tv_tensors.Image(torch.from_numpy(np.array(crop)).permute(2, 0, 1).contiguous())
+        return self.transform(t)
+
+
+def make_background_set(folder: str, train_paths: list[Path], transform: Callable, fraction: float = 0.3):
+    """``folder`` = "auto": border crops of the training images; otherwise the folder's images."""
+    if folder == "auto":
+        return BorderCrops(train_paths, transform, fraction)
+    return BackgroundSet(folder, transform)
+
+
 class BackgroundSet(Dataset):
     """Background images with the train transform; unreadable files raise BadInput naming them."""
 

@@ -29,7 +29,7 @@ class Method(nn.Module):
     """
 
     name = "base"
-    needs_backgrounds = False  # True: the loop adds batch["background"] (Background Image Set)
+    needs_backgrounds = False  # True: the loop adds batch["background"], half a batch of Background Image Set images
 
     def __init__(self, cfg: Config, num_classes: int):
         super().__init__()

@@ -421,7 +421,7 @@ def test_train_and_evaluate_end_to_end(mode, target, make_tiny_cfg, tmp_path):
 
 def test_loss_falls_on_a_fixed_batch(make_tiny_cfg, tiny_data):
     torch.manual_seed(0)
-    cfg = make_tiny_cfg("bcct.warmup_epochs=0", method="bcct")  # end2end, stand-in backbone
+    cfg = make_tiny_cfg("bcct.warmup_epochs=0", "bcct.mode=end2end", method="bcct")  # stand-in backbone
     assert cfg.bcct.mode == "end2end"
     ds = WSOLDataset(read_dataset(cfg.data).split("train")[:8], plain_transform(cfg.data))
     batch = collate([ds[i] for i in range(8)])

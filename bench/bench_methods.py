@@ -29,7 +29,11 @@ from bcct.methods import build_method
 
 NUM_CLASSES = 10
 WARMUP = 3
-TARGETS = {"bcct two-stage": 1.05, "bcct end2end": 1.6}  # max ratio of step time to CAM's
+# max ratio of step time to CAM's. The "(cam target)" rows train no mask branch, so their
+# model is the CAM model and the ratio is the cost of BC-CT itself; the default rows add the
+# class-agnostic branch (mask_target=both).
+TARGETS = {"bcct two-stage": 1.05, "bcct two-stage (cam target)": 1.05,
+           "bcct end2end": 1.6, "bcct end2end (cam target)": 1.6}
 
 
 def make_method(size: int, batch: int, *overrides: str, method: str):
@@ -71,6 +75,9 @@ def main() -> None:
         "cam": make_method(s, b, *low_lr, method="cam"),
         "bcct end2end": make_method(s, b, *low_lr, "bcct.mode=end2end", method="bcct"),
         "bcct two-stage": make_method(s, b, *low_lr, "bcct.mode=two_stage", method="bcct"),
+        "bcct end2end (cam target)": make_method(s, b, *low_lr, "bcct.mode=end2end", "bcct.mask_target=cam", method="bcct"),
+        "bcct two-stage (cam target)": make_method(s, b, *low_lr, "bcct.mode=two_stage", "bcct.mask_target=cam",
+                                                   method="bcct"),
     }
     # The two-stage cache: the BC model's gradient maps of these images, as uint8 (made once,
     # outside the timed steps, exactly like cache_gradient_maps before the first epoch).
@@ -80,6 +87,8 @@ def main() -> None:
         "cam": {"image": images, "label": labels},
         "bcct end2end": {"image": images, "label": labels, "background": backgrounds},
         "bcct two-stage": {"image": images, "label": labels, "cached_map": cached},
+        "bcct end2end (cam target)": {"image": images, "label": labels, "background": backgrounds},
+        "bcct two-stage (cam target)": {"image": images, "label": labels, "cached_map": cached},
     }
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), small_vgg (random init), "
@@ -92,15 +101,15 @@ def main() -> None:
                 times[name].append(t)
 
     med = {name: statistics.median(ts) for name, ts in times.items()}
-    print(f"\n{'method':<16} {'ms/step':>9} {'IQR ms':>13} {'images/s':>9} {'x CAM':>7}")
+    print(f"\n{'method':<28} {'ms/step':>9} {'IQR ms':>13} {'images/s':>9} {'x CAM':>7}")
     for name, ts in times.items():
         q1, _, q3 = statistics.quantiles(ts, n=4)
-        print(f"{name:<16} {1e3 * med[name]:9.1f} {f'{1e3 * q1:.0f}-{1e3 * q3:.0f}':>13} {b / med[name]:9.1f} "
+        print(f"{name:<28} {1e3 * med[name]:9.1f} {f'{1e3 * q1:.0f}-{1e3 * q3:.0f}':>13} {b / med[name]:9.1f} "
               f"{med[name] / med['cam']:7.2f}")
     print()
     for name, limit in TARGETS.items():
         ratio = med[name] / med["cam"]
-        print(f"target {name:<16} <= {limit:.2f}x CAM: {ratio:.2f}x  {'PASS' if ratio <= limit else 'FAIL'}")
+        print(f"target {name:<28} <= {limit:.2f}x CAM: {ratio:.2f}x  {'PASS' if ratio <= limit else 'FAIL'}")
 
 
 if __name__ == "__main__":

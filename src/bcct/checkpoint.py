@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bcct.errors import BadInput
@@ -56,3 +58,31 @@ def load(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise BadInput(f"{path}: not a bcct checkpoint (no '{FORMAT}' marker); use a file written by `bcct train`")
     return ckpt
+
+
+def rng_state() -> dict:
+    """This process's random states (torch CPU and current CUDA device, Python, numpy) as
+    tensors, ints and floats only, so that weights-only loading can read them back."""
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(mt),
+        "python_gauss": gauss,
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state` (older checkpoints hold only ``torch`` and ``python``)."""
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state.get("python_gauss")))
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

@@ -1,4 +1,4 @@
-"""The ``bcct`` command line: synth, train, eval, localize, demo.
+"""The ``bcct`` command line: synth, train, eval, localize, demo, table.
 
 Every command turns bad input (:class:`bcct.errors.BadInput`) into one ``error:`` line and
 exit status 2, and Ctrl-C into exit status 130; a traceback means a bug in bcct.
@@ -20,8 +20,9 @@ def _add_train(sub) -> None:
     p.add_argument("--method", default=None, help="cam | bcct (overrides the recipe)")
     p.add_argument("--data", required=True, help="data root (CUB-200-2011 layout)")
     p.add_argument("--backgrounds", default=None, help="Background Image Set folder (default: DATA/backgrounds); 'auto': crops of the training images' borders")
-    p.add_argument("--out", required=True, help="run directory (config.yaml, metrics.jsonl, last.pt, best.pt)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--out", default=None, help="run directory (config.yaml, metrics.jsonl, last.pt, best.pt)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUNDIR",
+                   help="continue from OUT/last.pt (mid-epoch if it was stopped there); --resume RUNDIR = --out RUNDIR --resume")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. epochs=3 optim.lr=0.01")
 
@@ -34,6 +35,18 @@ def _add_eval(sub) -> None:
     p.add_argument("--json", default=None, help="write the metrics here")
     p.add_argument("--oracle", action="store_true", help="choose the CAM threshold on this split (labelled oracle)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. eval.threshold_step=0.001")
+
+
+def _add_table(sub) -> None:
+    p = sub.add_parser("table", help="train (or reuse) and evaluate several methods; the paper's Tables 1-2 side by side")
+    p.add_argument("--data", default=None, help="data root (default: generate the synthetic set into OUT/synth)")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: cam,backprop,has,acol,spg,adl,"
+                   "bcct; also spg_plain = spg with extra.spg.plain=true)")
+    p.add_argument("--out", required=True, help="writes OUT/runs/<method>/, table.md, table.csv, table.json, figure.png")
+    p.add_argument("--config", default="synth", help="built-in recipe name or a YAML file, for every method")
+    p.add_argument("--quick", action="store_true", help="2 epochs (and a smaller generated set) for CI")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides for every method, e.g. epochs=5")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out")
     p.add_argument("--quick", action="store_true", help="a smaller, shorter run (about 2 minutes)")
     p.add_argument("--methods", default=None, help="comma-separated methods (default: all the demo knows)")
+
+    _add_table(sub)
     return parser
 
 
@@ -104,17 +119,36 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from bcct import distributed
     from bcct.config import load_config
     from bcct.train import train
 
+    out, resume, overrides = _run_dir(args)
     fields = {"method": args.method}
-    cfg = load_config(args.config, args.overrides, **fields)
+    cfg = load_config(args.config, overrides, **fields)
     cfg.data.root = args.data
     if args.backgrounds:
         cfg.data.backgrounds = args.backgrounds
-    result = train(cfg, args.out, progress=not args.quiet, resume=args.resume)
-    print(f"done: {args.out}/best.pt (val thresholds {result['thresholds']})")
+    result = train(cfg, out, progress=not args.quiet, resume=resume)
+    if distributed.is_main():
+        print(f"done: {out}/best.pt (val thresholds {result['thresholds']})")
     return 0
+
+
+def _run_dir(args) -> tuple[str, bool, list[str]]:
+    """(run dir, resume?, overrides) from --out and --resume [RUNDIR]. A key=value right after
+    a bare --resume is an override that argparse took for RUNDIR."""
+    resume, overrides = args.resume, list(args.overrides)
+    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
+        resume, overrides = True, [resume] + overrides
+    out = args.out
+    if isinstance(resume, str):
+        if out and Path(out).resolve() != Path(resume).resolve():
+            raise BadInput(f"--out {out} and --resume {resume} name different run directories; give one")
+        out = resume
+    if not out:
+        raise BadInput("train needs a run directory: --out RUNDIR (or --resume RUNDIR to continue one)")
+    return out, bool(resume), overrides
 
 
 def cmd_eval(args) -> int:
@@ -166,8 +200,21 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_table(args) -> int:
+    from bcct.report import format_table
+    from bcct.table import run_table
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    results = run_table(args.out, data=args.data, methods=methods, config=args.config, quick=args.quick,
+                        overrides=args.overrides, progress=not args.quiet)
+    print(format_table(results))
+    out = Path(args.out)
+    print(f"wrote {out / 'table.md'}, {out / 'table.csv'}, {out / 'table.json'}, {out / 'figure.png'}")
+    return 0
+
+
 COMMANDS = {"synth": cmd_synth, "pretrain": cmd_pretrain, "train": cmd_train, "eval": cmd_eval,
-            "sweep-delta": cmd_sweep_delta, "localize": cmd_localize, "demo": cmd_demo}
+            "sweep-delta": cmd_sweep_delta, "localize": cmd_localize, "demo": cmd_demo, "table": cmd_table}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,6 +60,7 @@ class OptimConfig:
     weight_decay: float = 5e-4
     lr_step_epochs: int = 20  # divide by 10 every 20 epochs (paper 5.1)
     lr_gamma: float = 0.1
+    checkpoint_every: int = 0  # also write last.pt every N optimisation steps (0: at epoch ends only); resume skips the steps done
 
 
 @dataclass
@@ -92,12 +93,13 @@ class Config:
     method: str = "cam"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = False
+    amp: str = "false"  # mixed precision in training: false | bf16 (A100/H100; CPU autocast) | fp16 (older GPUs; with loss scaling)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     bcct: BCCTConfig = field(default_factory=BCCTConfig)
+    extra: dict[str, Any] = field(default_factory=dict)  # per-method hyperparameters, e.g. extra.acol.erase_threshold=0.7 (defaults and sources in bcct/methods/<name>.py)
 
 
 ALIASES = {
@@ -166,7 +168,8 @@ def _known(d: dict, schema) -> dict:
     out = {}
     for k, v in d.items():
         if k in schema:
-            out[k] = _known(v, schema[k]) if isinstance(v, dict) and OmegaConf.is_config(schema[k]) else v
+            structured = OmegaConf.is_config(schema[k]) and OmegaConf.get_type(schema[k]) is not dict
+            out[k] = _known(v, schema[k]) if isinstance(v, dict) and structured else v  # free-form dicts (extra) kept whole
     return out
 
 

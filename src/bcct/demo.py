@@ -28,7 +28,7 @@ from bcct.train import train
 
 FULL = {"data": dict(n_classes=10, n_images=1000, n_backgrounds=120), "overrides": []}
 QUICK = {"data": FULL["data"],
-         "overrides": ["epochs=5", "model.pretrained=standin-150", "bcct.warmup_epochs=1"]}
+         "overrides": ["epochs=4", "model.pretrained=standin-150", "bcct.warmup_epochs=1", "bcct.bc_epochs=2"]}
 DEMO_METHODS = ("cam", "bcct")
 N_FIGURE = 8
 
@@ -102,13 +102,14 @@ def _bc_figure(out: Path, path: Path) -> None:
     from bcct.gradient_map import gradient_map, pretrained_gradient
     from bcct.mask import bc_mask
 
-    method, cfg, _ = load_method(str(out / "runs" / "bcct" / "best.pt"))
+    method, cfg, ckpt = load_method(str(out / "runs" / "bcct" / "best.pt"))
     records = read_dataset(cfg.data, seed=cfg.seed).split("test")
     picks = np.linspace(0, len(records) - 1, N_FIGURE).astype(int)
     ds = WSOLDataset([records[i] for i in picks], test_transform(cfg.data))
     images = torch.stack([ds[i]["image"] for i in range(len(ds))])
     b = cfg.bcct
-    pretrained = build_backbone(cfg.model.backbone, load_config("synth").model.pretrained).eval()
+    trained_with = ckpt["config"]["model"]["pretrained"]  # the run's own weights (load_method set "none")
+    pretrained = build_backbone(cfg.model.backbone, trained_with).eval()
     plain = gradient_map(pretrained_gradient(pretrained, images), b.reduce, b.smooth_sigma, b.normalize, b.pool)
     maps = method.gradient_maps(images)[0]
     rows = {"pretrained": plain.numpy(), "BC map": maps.detach().numpy(), f"mask d={b.delta}": bc_mask(maps, b.delta).numpy()}

@@ -1,22 +1,31 @@
 """The training loop, in the style of torchvision's classification reference: it reads top
-to bottom (config, data, model, optimiser and schedule, ``train_one_epoch``, ``evaluate``,
-checkpoint) and knows no method by name."""
+to bottom (processes, config, data, model, optimiser and schedule, resume,
+``train_one_epoch``, ``evaluate``, checkpoint) and knows no method by name.
+
+One process or several (``torchrun ... -m bcct train``; see bcct.distributed): only rank 0
+writes files and prints. A run stopped by Ctrl-C (or SIGTERM) writes ``last.pt`` at the
+step it reached; ``resume=True`` continues from there, skipping the steps done. Every
+sample's augmentation is seeded from (seed, epoch, index), so a resumed run, like a run on
+more processes or data-loading workers, sees the same epochs.
+"""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import random
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from bcct import checkpoint
+from bcct import checkpoint, distributed
 from bcct.config import Config, to_dict, to_yaml
 from bcct.data.background_set import make_background_set
 from bcct.data.dataset import WSOLDataset, collate
@@ -37,65 +46,177 @@ def resolve_device(name: str) -> torch.device:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def background_batches(cfg: Config, folder: str, batch_size: int, train_paths=()):
+AMP = {"false": None, "off": None, "none": None, "no": None, "0": None, "": None,
+       "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def amp_dtype(value) -> torch.dtype | None:
+    """``amp`` config value -> autocast dtype (None: full precision)."""
+    key = str(value).strip().lower()
+    if key not in AMP:
+        raise BadInput(f"amp={value}: use false, bf16 (A100/H100 GPUs, CPU) or fp16 (older GPUs; with loss scaling)")
+    return AMP[key]
+
+
+def autocast(cfg: Config, device: torch.device):
+    """Mixed precision for the training step (evaluation stays in full precision)."""
+    dtype = amp_dtype(cfg.amp)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA (tensor-core convolutions are faster); plain layout on CPU."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def per_process_batch(batch_size: int, world_size: int) -> int:
+    """``optim.batch_size`` is the global batch, split evenly over the processes."""
+    if batch_size % world_size:
+        raise BadInput(f"optim.batch_size={batch_size} is the global batch and must divide evenly over "
+                       f"{world_size} processes; choose a multiple of {world_size}")
+    return batch_size // world_size
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Data-loading workers leave Ctrl-C to the main process, which stops at a step boundary."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def background_batches(cfg: Config, folder: str, batch_size: int, train_paths=(), key=None, skip: int = 0):
     """An endless stream of background batches, drawn with replacement (paper 3.2).
-    ``folder`` = "auto" crops them from the training images' borders."""
+    ``folder`` = "auto" crops them from the training images' borders. ``key`` (e.g. seed,
+    epoch, rank) fixes the draws and their augmentation (default: from torch's generator);
+    ``skip`` passes over the first batches (a resumed run)."""
     bg = make_background_set(folder, list(train_paths), train_transform(cfg.data))
-    sampler = RandomSampler(bg, replacement=True, num_samples=10**9)
-    loader = DataLoader(bg, batch_size=batch_size, sampler=sampler, num_workers=min(1, cfg.data.workers),
-                        drop_last=True, pin_memory=torch.cuda.is_available())
+    key = tuple(key) if key is not None else (int(torch.randint(2**62, ()).item()),)
+    loader = DataLoader(distributed.SeededSamples(bg, cfg.seed), batch_size=batch_size,
+                        sampler=distributed.Draws(len(bg), key, skip * batch_size), num_workers=min(1, cfg.data.workers),
+                        drop_last=True, pin_memory=torch.cuda.is_available(), worker_init_fn=_ignore_sigint,
+                        generator=torch.Generator())
     return iter(loader)
 
 
-def train_one_epoch(method, loader, optimizer, device, epoch: int, backgrounds=None, progress: bool = True) -> dict:
+class Averages:
+    """Running means of the per-step logs; ``reduced()`` averages over processes too."""
+
+    def __init__(self, state: dict | None = None):
+        self.sums: dict[str, float] = dict(state["sums"]) if state else {}
+        self.n = state["n"] if state else 0
+
+    def update(self, logs: dict) -> None:
+        for k, v in logs.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n += 1
+
+    def state(self) -> dict:
+        return {"sums": dict(self.sums), "n": self.n}
+
+    def reduced(self) -> dict:
+        keys = list(self.sums)
+        n, *sums = distributed.all_sum([self.n] + [self.sums[k] for k in keys])
+        return {k: s / max(n, 1) for k, s in zip(keys, sums)}
+
+
+class GracefulStop:
+    """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop at the next step boundary, where it
+    writes last.pt; a second Ctrl-C stops at once. Only in the main thread."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if distributed.is_main():
+            print("stopping after this step; last.pt keeps it (Ctrl-C again: stop now)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train_one_epoch(model, method, optimizer, scaler, loader, device, epoch: int, cfg: Config, meter: Averages,
+                    first_step: int = 0, backgrounds=None, save_last=None, stop: GracefulStop | None = None,
+                    progress: bool = True) -> dict:
+    """One pass over this process's share of the epoch from step ``first_step``; returns the
+    mean logs over every process. ``save_last(step, meter)`` writes last.pt: every
+    ``optim.checkpoint_every`` steps, and when a stop was requested (then KeyboardInterrupt)."""
     method.train()
     method.on_epoch_start(epoch)
-    sums: dict[str, float] = {}
-    n = 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if progress else True)
-    for batch in bar:
+    fmt = memory_format(device)
+    bar = tqdm(loader, desc=f"epoch {epoch}", initial=first_step, total=first_step + len(loader), leave=False,
+               disable=None if progress else True)
+    for step, batch in enumerate(bar, start=first_step + 1):  # step: steps done once this one is
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch["image"] = batch["image"].contiguous(memory_format=fmt)
         if backgrounds is not None:
-            batch["background"] = next(backgrounds).to(device, non_blocking=True)
-        loss, logs = method.training_step(batch)
+            batch["background"] = next(backgrounds).to(device, non_blocking=True).contiguous(memory_format=fmt)
+        with autocast(cfg, device):
+            loss, logs = model(batch)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        for k, v in logs.items():
-            sums[k] = sums.get(k, 0.0) + v
-        n += 1
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        meter.update(logs)
         bar.set_postfix(loss=f"{logs['loss']:.3f}")
-    return {k: v / max(n, 1) for k, v in sums.items()}
+        stopping = distributed.any_rank(stop is not None and stop.requested)
+        if save_last is not None and (stopping or (cfg.optim.checkpoint_every and step % cfg.optim.checkpoint_every == 0)):
+            save_last(step, meter)
+        if stopping:
+            raise KeyboardInterrupt
+    return meter.reduced()
 
 
-def make_checkpoint(method, optimizer, scheduler, cfg: Config, epoch: int, class_names, thresholds, val) -> dict:
+def make_checkpoint(method, optimizer, scheduler, cfg: Config, epoch: int, class_names, thresholds, val,
+                    step: int = 0, scaler=None, rng=None, logs=None) -> dict:
+    """``epoch`` finished (``step`` 0), or ``step`` steps into ``epoch`` (a resume point).
+    ``rng`` and ``logs`` hold one entry per process (rank order)."""
     return {
         "format": checkpoint.FORMAT,
         "method": cfg.method,
         "model": method.state_dict(),
         "optimizer": optimizer.state_dict(),
         "lr_scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
         "epoch": epoch,
+        "step": step,
+        "world_size": distributed.world_size(),
         "config": to_dict(cfg),
         "class_names": list(class_names),
         "thresholds": thresholds,
         "val": val,
-        "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])},
+        "rng": rng if rng is not None else [checkpoint.rng_state()],
+        "epoch_logs": logs or [],
     }
 
 
 def train(cfg: Config, out_dir: str | Path, progress: bool = True, resume: bool = False) -> dict:
     """Train ``cfg.method`` on the train split; choose the CAM threshold and the best epoch on
-    the held-out val split. Writes config.yaml, metrics.jsonl, last.pt and best.pt."""
-    out_dir = Path(out_dir)
+    the held-out val split. Rank 0 writes config.yaml, metrics.jsonl, last.pt and best.pt."""
+    device = distributed.local_device(resolve_device(cfg.device))
+    with distributed.process_group(device):
+        return _train(cfg, Path(out_dir), device, progress and distributed.is_main(), resume)
+
+
+def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, resume: bool) -> dict:
+    rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
+    amp_dtype(cfg.amp)  # a bad value fails before any work
+    batch_size = per_process_batch(cfg.optim.batch_size, world)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
 
     wset = read_dataset(cfg.data, seed=cfg.seed)
     train_ds = WSOLDataset(wset.split("train"), train_transform(cfg.data))
@@ -103,67 +224,113 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, resume: bool 
     if len(train_ds) == 0:
         raise BadInput(f"{cfg.data.root}: the train split is empty; check train_test_split.txt")
     val_ds.image_sizes()  # validate val images and boxes before any training time is spent
-    loader = DataLoader(train_ds, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.optim.batch_size,
-                        num_workers=cfg.data.workers, collate_fn=collate, pin_memory=device.type == "cuda",
-                        persistent_workers=cfg.data.workers > 0)
+    sampler = distributed.EpochSampler(train_ds, cfg.seed, batch_size)
+    loader = DataLoader(distributed.SeededSamples(train_ds, cfg.seed), batch_size=batch_size, sampler=sampler,
+                        drop_last=len(sampler) > batch_size, num_workers=cfg.data.workers, collate_fn=collate,
+                        pin_memory=device.type == "cuda", persistent_workers=cfg.data.workers > 0,
+                        worker_init_fn=_ignore_sigint, generator=torch.Generator())
 
-    method = build_method(cfg, wset.num_classes).to(device)
+    with distributed.main_first():  # rank 0 downloads (or pretrains) weights into the cache first
+        method = build_method(cfg, wset.num_classes)
+    method = distributed.sync_batchnorm(method, device).to(device, memory_format=memory_format(device))
     folder = cfg.data.backgrounds or str(Path(cfg.data.root) / "backgrounds")
     train_paths = [r.path for r in train_ds.records]
-    backgrounds = None
-    if method.needs_backgrounds:  # half a batch: the BC model takes as many targets (bcct.py)
-        backgrounds = background_batches(cfg, folder, max(1, cfg.optim.batch_size // 2), train_paths)
 
     optimizer = torch.optim.SGD(method.param_groups(), momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.optim.lr_step_epochs), gamma=cfg.optim.lr_gamma)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(cfg.amp) == torch.float16)
 
-    start_epoch, best_score, thresholds, best_val = 0, -1.0, {}, {}
+    start_epoch, start_step, resumed = 0, 0, None
+    best_score, thresholds, best_val = -1.0, {}, {}
     if resume and (out_dir / "last.pt").is_file():
-        ckpt = checkpoint.load(out_dir / "last.pt")
-        method.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["lr_scheduler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        random.setstate((3, tuple(ckpt["rng"]["python"]), None))
-        start_epoch = ckpt["epoch"] + 1
+        resumed = checkpoint.load(out_dir / "last.pt")
+        method.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["lr_scheduler"])
+        if resumed.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(resumed["scaler"])
+        start_step = resumed.get("step", 0)
+        start_epoch = resumed["epoch"] + (0 if start_step else 1)
         if (out_dir / "best.pt").is_file():
             best = checkpoint.load(out_dir / "best.pt")
             best_val, thresholds = best["val"], best["thresholds"]
             best_score = _score(best_val)
 
     prep_stats = method.prepare(train_ds, folder, device, progress)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_text_atomic(to_yaml(cfg), out_dir / "config.yaml")
+    model = distributed.wrap(method, device)  # DDP (rank 0's weights to all) or the plain step
+
     log_path = out_dir / "metrics.jsonl"
-    _truncate_log(log_path, start_epoch)
-    if prep_stats:
-        with open(log_path, "a") as fh:
-            fh.write(json.dumps({"epoch": -1, "prepare": prep_stats}) + "\n")
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        t0 = time.time()
-        train_logs = train_one_epoch(method, loader, optimizer, device, epoch, backgrounds, progress)
-        scheduler.step()
-        val = evaluate(method, val_ds, cfg, device) if len(val_ds) else {}
-        epoch_thresholds = {name: res["threshold"] for name, res in val.items()}
-        record = {"epoch": epoch, "time_s": round(time.time() - t0, 2), "lr": scheduler.get_last_lr(),
-                  "train": train_logs, "val": _brief(val)}
-        ckpt = make_checkpoint(method, optimizer, scheduler, cfg, epoch, wset.class_names, epoch_thresholds, val)
-        if _score(val) >= best_score:
-            best_score, best_val, thresholds = _score(val), val, epoch_thresholds
-            checkpoint.save_atomic(ckpt, out_dir / "best.pt")
-        checkpoint.save_atomic(ckpt, out_dir / "last.pt")
-        with open(log_path, "a") as fh:  # after last.pt: a resumed run never repeats a line
-            fh.write(json.dumps(record) + "\n")
-        if progress:
-            print(_line(record), flush=True)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_text_atomic(to_yaml(cfg), out_dir / "config.yaml")
+        _truncate_log(log_path, start_epoch if resumed else None)
+        if prep_stats:
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps({"epoch": -1, "prepare": prep_stats}) + "\n")
+
+    def save_last(epoch: int, step: int, meter: Averages) -> None:
+        """last.pt mid-epoch: every process's random state and partial logs go with it."""
+        states = distributed.gather_objects({"rng": checkpoint.rng_state(), "logs": meter.state()})
+        if main:
+            ckpt = make_checkpoint(method, optimizer, scheduler, cfg, epoch, wset.class_names, {}, {}, step, scaler,
+                                   rng=[s["rng"] for s in states], logs=[s["logs"] for s in states])
+            checkpoint.save_atomic(ckpt, out_dir / "last.pt")
+
+    with GracefulStop() as stop:
+        for epoch in range(start_epoch, cfg.optim.epochs):
+            t0 = time.time()
+            first_step = start_step if epoch == start_epoch else 0
+            sampler.set_epoch(epoch, skip_batches=first_step)
+            meter = _start_epoch_state(cfg.seed, epoch, rank, world, resumed if first_step else None)
+            backgrounds = None
+            if method.needs_backgrounds:  # half a batch: the BC model takes as many targets (bcct.py)
+                backgrounds = background_batches(cfg, folder, max(1, batch_size // 2), train_paths,
+                                                 key=(cfg.seed, epoch, rank), skip=first_step)
+            train_logs = train_one_epoch(model, method, optimizer, scaler, loader, device, epoch, cfg, meter,
+                                         first_step, backgrounds, lambda step, m: save_last(epoch, step, m), stop, progress)
+            scheduler.step()
+            distributed.broadcast_state(method)  # evaluate and save rank 0's BatchNorm statistics
+            val = evaluate(method, val_ds, cfg, device) if len(val_ds) else {}
+            epoch_thresholds = {name: res["threshold"] for name, res in val.items()}
+            record = {"epoch": epoch, "time_s": round(time.time() - t0, 2), "lr": scheduler.get_last_lr(),
+                      "train": train_logs, "val": _brief(val)}
+            if main:
+                ckpt = make_checkpoint(method, optimizer, scheduler, cfg, epoch, wset.class_names, epoch_thresholds, val,
+                                       scaler=scaler)
+                if _score(val) >= best_score:
+                    checkpoint.save_atomic(ckpt, out_dir / "best.pt")
+                checkpoint.save_atomic(ckpt, out_dir / "last.pt")
+                with open(log_path, "a") as fh:  # after last.pt: a resumed run never repeats a line
+                    fh.write(json.dumps(record) + "\n")
+                if progress:
+                    print(_line(record), flush=True)
+            if _score(val) >= best_score:
+                best_score, best_val, thresholds = _score(val), val, epoch_thresholds
+            if distributed.any_rank(stop.requested) and epoch + 1 < cfg.optim.epochs:
+                raise KeyboardInterrupt  # last.pt holds this finished epoch
     return {"val": best_val, "thresholds": thresholds}
 
 
-def _truncate_log(path: Path, start_epoch: int) -> None:
-    """A fresh run starts a new log; a resumed one keeps only the epochs before it."""
+def _start_epoch_state(seed: int, epoch: int, rank: int, world: int, resumed: dict | None) -> Averages:
+    """Seed the global generators from (seed, epoch, rank), for what a method draws in its
+    step; a run resumed mid-epoch gets back its random state and its partial epoch logs."""
+    seed_everything(distributed.sample_seed(seed, epoch, rank))
+    if resumed is None:
+        return Averages()
+    rng, logs = resumed["rng"], resumed.get("epoch_logs") or []
+    rng = [rng] if isinstance(rng, dict) else rng  # checkpoints before bcct-checkpoint-1 step resume
+    if len(rng) == world:
+        checkpoint.set_rng_state(rng[rank])
+    return Averages(logs[rank] if len(logs) == world else None)
+
+
+def _truncate_log(path: Path, start_epoch: int | None) -> None:
+    """A fresh run (``start_epoch`` None) starts a new log; a resumed one keeps only the
+    lines before ``start_epoch`` (the prepare stage's line -1 among them)."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] < start_epoch]
+    keep = [] if start_epoch is None else [
+        line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] < start_epoch]
     checkpoint.write_text_atomic("".join(line + "\n" for line in keep), path)
 
 

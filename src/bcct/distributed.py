@@ -1,0 +1,276 @@
+"""Several processes, one run: torchrun, DistributedDataParallel (DDP), and samplers that
+make an epoch the same whatever the number of processes, data-loading workers or restarts.
+
+    torchrun --standalone --nproc_per_node=8 -m bcct train --config ilsvrc_vgg16_bcct ...
+
+torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; :func:`process_group` joins the
+group from them (nccl on CUDA, gloo on CPU). Without them every helper here acts as for one
+process, so the training loop has a single code path.
+
+Choices (each one line in the loop, explained here):
+
+- **What DDP wraps**: :class:`TrainingStep`, a module whose ``forward`` is
+  ``method.training_step``. DDP registers only parameters that require gradients, so the
+  frozen BC backbone is carried along but never synchronised, and any method works however
+  its step calls its pieces (``self.model(...)``, ``self.bc.classify(...)``, ...). The method
+  itself is not replaced, so checkpoint keys are those of one process.
+- **find_unused_parameters=True**: a step may leave trainable parameters without a
+  gradient (BC-CT's mask branch during warm-up, its BC classifier in two-stage mode).
+- **BatchNorm**: converted to SyncBatchNorm on CUDA when there are several processes, so
+  statistics are those of the global batch, as in one process. PyTorch's SyncBatchNorm has
+  no CPU kernel: on CPU (gloo) each process normalises with its own share of the batch.
+- **Batch size**: ``optim.batch_size`` is the global batch; each process takes
+  ``batch_size / world_size``, so the optimisation sees the same batches as one process.
+  (BC-CT end-to-end also draws background images: each process draws its own from
+  (seed, epoch, rank), as many per step as one process would, but not the same ones.)
+- **Two-stage BC training** (``bcct.mode=two_stage``) runs on every process with the same
+  seed and data order (no communication; the time of one process). Wrapping in DDP then
+  broadcasts rank 0's weights, so every process holds identical BC weights even where GPU
+  kernels are not bit-deterministic.
+- **Evaluation** is sharded by whole batches and gathered to rank 0 (bcct.evaluate), so
+  its numbers equal one process's exactly; rank 0 broadcasts them.
+- **Only rank 0 writes** files and prints.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+# ---------------------------------------------------------------------------- process group
+
+
+def rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    return dist.get_rank() if _joined() else int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if _joined() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main() -> bool:
+    """Rank 0: the one process that writes files and prints."""
+    return rank() == 0
+
+
+def is_distributed() -> bool:
+    return _joined() and dist.get_world_size() > 1
+
+
+def _joined() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def local_device(device: torch.device) -> torch.device:
+    """Under torchrun, ``cuda`` means this process's GPU, ``cuda:LOCAL_RANK``."""
+    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        return torch.device("cuda", local_rank())
+    return device
+
+
+@contextmanager
+def process_group(device: torch.device):
+    """Join torchrun's process group for the block (nccl on CUDA, gloo on CPU), then leave
+    it. A no-op for one process, or when the caller has joined a group already."""
+    join = not _joined() and int(os.environ.get("WORLD_SIZE", 1)) > 1
+    if join:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        if join:
+            dist.destroy_process_group()
+
+
+@contextmanager
+def main_first():
+    """Rank 0 runs the block first (e.g. downloads weights into the shared cache), then the
+    others, who find the result cached."""
+    if is_distributed() and not is_main():
+        dist.barrier()
+    yield
+    if is_distributed() and is_main():
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------- model
+
+
+class TrainingStep(nn.Module):
+    """``forward(batch)`` = ``method.training_step(batch)``: the module DDP wraps, so the
+    gradients of whatever the step trains are averaged across processes."""
+
+    def __init__(self, method: nn.Module):
+        super().__init__()
+        self.method = method
+
+    def forward(self, batch: dict):
+        return self.method.training_step(batch)
+
+
+def wrap(method: nn.Module, device: torch.device) -> nn.Module:
+    """The callable the loop trains through: DDP over :class:`TrainingStep` when several
+    processes run (its construction broadcasts rank 0's weights), else the step itself."""
+    step = TrainingStep(method)
+    if not is_distributed():
+        return step
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True)
+
+
+def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """SyncBatchNorm across processes on CUDA (no CPU kernel exists; see the module doc)."""
+    if is_distributed() and device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return module
+
+
+def broadcast_state(module: nn.Module) -> None:
+    """Every tensor of ``module.state_dict()`` from rank 0, in place: e.g. BatchNorm running
+    statistics, which each process updates from its own share of the last batch."""
+    if is_distributed():
+        for t in module.state_dict().values():
+            dist.broadcast(t, src=0)
+
+
+# ---------------------------------------------------------------------------- communication
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every process."""
+    if not is_distributed():
+        return obj
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj) -> list | None:
+    """Every process's ``obj`` in rank order on rank 0 (``None`` on the others)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def all_sum(values: list[float]) -> list[float]:
+    """Elementwise sum over processes (float64)."""
+    if not is_distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every process when it is True on one (e.g. a stop request)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([int(flag)], device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _comm_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+def sample_seed(*key: int) -> int:
+    """A 64-bit seed from non-negative integers (numpy's SeedSequence: well mixed)."""
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0])
+
+
+class SeededSamples(Dataset):
+    """``dataset[(*key, index)]`` = ``dataset[index]`` with torch's CPU random generator
+    seeded from ``(seed, *key, index)`` for the call (and restored after it).
+
+    The random augmentation of a sample then depends on its key only (e.g. its epoch and
+    index), not on which process or worker loads it nor on what was loaded before: an epoch
+    is the same with 1 or N processes, 0 or N workers, and after a resume mid-epoch.
+    (torchvision's transforms v2 draw from torch's generator.)"""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, ...]):
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(sample_seed(self.seed, *key))
+            return self.dataset[key[-1]]
+
+
+class EpochSampler(DistributedSampler):
+    """This process's share of the epoch's shuffle, as ``(epoch, index)`` keys for
+    :class:`SeededSamples`.
+
+    The order is DistributedSampler's (a permutation seeded from ``seed + epoch``, padded so
+    every process has as many samples; process r takes every world_size-th from r). Step k's
+    batches of all processes together are then samples ``[k B, (k+1) B)`` of the permutation,
+    with B the global batch: one process's step k. ``set_epoch(epoch, skip_batches)`` skips
+    the batches a resumed run has done, without loading them."""
+
+    def __init__(self, dataset: Dataset, seed: int, batch_size: int):
+        super().__init__(dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed, drop_last=False)
+        self.batch_size = batch_size
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.skip = skip_batches * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for i, index in enumerate(super().__iter__()):
+            if i >= self.skip:
+                yield self.epoch, index
+
+    def __len__(self) -> int:
+        return max(0, super().__len__() - self.skip)
+
+
+class Draws(Sampler):
+    """Endless draws with replacement from ``n`` items, fixed by ``key`` (e.g. seed, epoch,
+    rank), as ``(*key, draw number, index)`` keys for :class:`SeededSamples`; the first
+    ``skip`` draws are passed over without loading anything (a resumed run)."""
+
+    def __init__(self, n: int, key: tuple[int, ...], skip: int = 0):
+        self.n, self.key, self.skip = n, tuple(key), skip
+
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
+        gen = torch.Generator().manual_seed(sample_seed(*self.key))
+        j = 0
+        while True:
+            for index in torch.randint(self.n, (4096,), generator=gen).tolist():
+                if j >= self.skip:
+                    yield (*self.key, j, index)
+                j += 1
+
+
+def shard_batches(n: int, batch_size: int) -> list[list[int]]:
+    """This process's evaluation batches: ``range(n)`` cut into runs of ``batch_size``,
+    batch b going to rank ``b % world_size``. Every batch is one a single process would
+    run (same images, same size), so per-image outputs are the same bit for bit; nothing is
+    padded, so no image is counted twice."""
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    return batches[rank()::world_size()]

@@ -1,0 +1,59 @@
+"""Backprop saliency (Simonyan, Vedaldi & Zisserman, "Deep Inside Convolutional Networks",
+ICLR-W 2014), the "Backprop on VGGnet / GoogLeNet" rows of the paper's Table 1.
+
+Model and loss: the plain CAM classifier (shared backbone + CAM head) trained with
+cross-entropy, exactly as ``cam``. Readout ``saliency``: the gradient of the class score
+S_c (the pre-softmax logit, Simonyan et al. Sec. 3) with respect to the input image, reduced
+over colour channels by the maximum absolute value (Simonyan et al. Sec. 3.1,
+"M_ij = max_c |w_h(i,j,c)|"). It is computed for the class the evaluator asks for (ground
+truth for GT-known, the prediction in ``localize``).
+
+No hyperparameters of its own. The gradient needs autograd at evaluation, which runs under
+``torch.no_grad``: ``forward`` keeps the input images in its output and ``score_maps``
+recomputes the scores under ``torch.enable_grad()``. In eval mode (BatchNorm on running
+statistics) images do not interact, so one backward pass of the summed scores gives every
+image its own gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bcct.config import Config
+from bcct.ct_model import CTModel
+from bcct.methods.base import Method, register
+from bcct.methods.common import cls_logs, split_param_groups
+
+
+def saliency(model: torch.nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """max over channels of |d logit[class] / d image|: [B,3,H,W], [B] -> [B,H,W]."""
+    with torch.enable_grad():
+        x = images.detach().clone().requires_grad_(True)
+        logits = model(x)["logits"]
+        score = logits.gather(1, classes.view(-1, 1).long()).sum()
+        (grad,) = torch.autograd.grad(score, x)
+    return grad.abs().amax(dim=1)
+
+
+@register("backprop")
+class Backprop(Method):
+    def __init__(self, cfg: Config, num_classes: int):
+        super().__init__(cfg, num_classes)
+        self.model = CTModel(cfg.model, num_classes)
+
+    def forward(self, images: torch.Tensor) -> dict:
+        out = self.model(images)
+        out["images"] = images  # score_maps differentiates the scores with respect to these
+        return out
+
+    def training_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        out = self.model(batch["image"])
+        loss = F.cross_entropy(out["logits"], batch["label"])
+        return loss, {"loss": loss.item(), "cls_loss": loss.item(), **cls_logs(out["logits"], batch["label"])}
+
+    def score_maps(self, out: dict, classes: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"saliency": saliency(self.model, out["images"], classes)}
+
+    def param_groups(self) -> list[dict]:
+        return split_param_groups(self, self.model.backbone, self.cfg)

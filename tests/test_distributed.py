@@ -1,0 +1,257 @@
+"""Several processes on CPU (gloo): what is exact and what is within a stated tolerance.
+
+- Distributed evaluation of one checkpoint equals one process's evaluation exactly (the
+  same batches run, rows gathered back in dataset order).
+- DDP training of a model without BatchNorm equals one process up to float summation order:
+  weights within 1e-5 (relative to their size), losses within 1e-5, the same metrics.
+- With BatchNorm (the synth recipe) on CPU each process normalises over its own half of the
+  batch (PyTorch's SyncBatchNorm has no CPU kernel; on CUDA it is used): the runs differ
+  and only the epoch loss is compared, within 10%.
+- The speed settings (AMP, channels_last) are checked as far as a CPU allows.
+
+Two processes cost a few seconds each time (starting Python and torch), so one spawned job
+serves several tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from bcct import backbones, checkpoint, distributed
+from bcct.backbones import make_vgg
+from bcct.run import evaluate_checkpoint
+from bcct.train import amp_dtype, autocast, memory_format, per_process_batch, train
+
+from conftest import TINY_OVERRIDES
+
+# A backbone without BatchNorm: DDP's averaged gradients then equal one process's exactly
+# (up to summation order), whatever the split of the batch.
+PLAIN = "plain_tiny_vgg"
+PLAIN_OVERRIDES = [f"model.backbone={PLAIN}", "model.pretrained=none", "model.head_bn=false", "epochs=2", "optim.lr=0.05"]
+# (split, overrides, oracle): 2 batches (one per rank), 3 batches (uneven), 1 batch (rank 1 idle)
+EVAL_CASES = [("test", [], False), ("test", ["eval.batch_size=8"], False), ("val", [], True)]
+
+
+def _plain_backbone(pretrained: str = "none"):
+    return make_vgg((16, "M", 32, "M", 32), batch_norm=False)
+
+
+# ------------------------------------------------------------------- one job, two processes
+
+
+def _worker(rank: int, world: int, init_file: str, jobs: dict) -> None:
+    """One of two gloo processes: evaluate the reference checkpoint in every case, then train
+    the BatchNorm-free model with DDP. Rank 0 writes the results as JSON."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        backbones.BACKBONES[PLAIN] = _plain_backbone
+        evals = [evaluate_checkpoint(jobs["checkpoint"], split=split, oracle=oracle, overrides=ov, progress=False)
+                 for split, ov, oracle in EVAL_CASES]
+        from bcct.config import load_config
+
+        cfg = load_config("synth", TINY_OVERRIDES + PLAIN_OVERRIDES, method="cam")
+        cfg.data.root = jobs["data"]
+        result = train(cfg, jobs["run"], progress=False)
+        if rank == 0:
+            Path(jobs["out"]).write_text(json.dumps({"evals": evals, "train": result}, default=float))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def reference_run(make_tiny_cfg, tmp_path_factory) -> Path:
+    """A 1-process CAM run (synth recipe, BatchNorm) whose best.pt is the checkpoint evaluated."""
+    run = tmp_path_factory.mktemp("ref") / "cam"
+    train(make_tiny_cfg("epochs=1"), run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def two_process_job(reference_run, tiny_data, tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("ddp")
+    jobs = {"checkpoint": str(reference_run / "best.pt"), "data": str(tiny_data), "run": str(tmp / "plain_ddp"),
+            "out": str(tmp / "result.json")}
+    mp.spawn(_worker, args=(2, str(tmp / "init"), jobs), nprocs=2, join=True)
+    return {**json.loads(Path(jobs["out"]).read_text()), "run": Path(jobs["run"])}
+
+
+def test_distributed_evaluation_equals_one_process_exactly(two_process_job, reference_run):
+    for (split, overrides, oracle), got in zip(EVAL_CASES, two_process_job["evals"]):
+        want = evaluate_checkpoint(str(reference_run / "best.pt"), split=split, oracle=oracle, overrides=overrides,
+                                   progress=False)
+        assert json.loads(json.dumps(want, default=float)) == got, (split, overrides)
+
+
+def test_ddp_training_equals_one_process(two_process_job, make_tiny_cfg, tmp_path, monkeypatch):
+    monkeypatch.setitem(backbones.BACKBONES, PLAIN, _plain_backbone)
+    one = tmp_path / "plain_one"
+    train(make_tiny_cfg(*PLAIN_OVERRIDES), one, progress=False)
+    ddp = two_process_job["run"]
+    a, b = checkpoint.load(one / "last.pt"), checkpoint.load(ddp / "last.pt")
+    assert a["world_size"] == 1 and b["world_size"] == 2 and len(b["rng"]) == 1  # epoch end: rank 0's state
+    for k, v in a["model"].items():
+        scale = max(float(v.abs().max()), 1e-3) if v.is_floating_point() else 1.0
+        assert torch.allclose(v.float(), b["model"][k].float(), rtol=0, atol=1e-5 * scale), k
+    lines_a = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    lines_b = [json.loads(x) for x in (ddp / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines_b] == [0, 1]  # rank 0 alone wrote the log
+    for ra, rb in zip(lines_a, lines_b):
+        for key, value in ra["train"].items():  # losses are averaged over both processes
+            assert rb["train"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+        assert ra["val"] == rb["val"]
+    assert not [p.name for p in ddp.iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------------------------- torchrun, the command line
+
+
+def test_torchrun_cli_with_batchnorm(tiny_data, standin_cache, make_tiny_cfg, tmp_path):
+    """`torchrun --nproc_per_node=2 -m bcct train` end to end (synth recipe: BatchNorm). On CPU
+    each rank normalises over its half batch, so only the loss is compared, within 10%."""
+    run = tmp_path / "cli"
+    env = dict(os.environ, BCCT_CACHE=str(standin_cache), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "bcct", "train",
+           "--config", "synth", "--method", "cam", "--data", str(tiny_data), "--out", str(run), "--quiet",
+           *TINY_OVERRIDES, "epochs=1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("done:") == 1  # only rank 0 prints
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "metrics.jsonl", "last.pt", "best.pt"}
+    [line] = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    one = tmp_path / "one"
+    train(make_tiny_cfg("epochs=1"), one, progress=False)
+    [ref] = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    assert line["train"]["loss"] == pytest.approx(ref["train"]["loss"], rel=0.10)
+    assert checkpoint.load(run / "best.pt")["world_size"] == 2
+    assert evaluate_checkpoint(str(run / "best.pt"), split="test", progress=False)["n_images"] == 24
+
+
+# ------------------------------------------------------------------- samplers (no processes)
+
+
+def _as_rank(monkeypatch, rank: int, world: int) -> None:
+    monkeypatch.setattr(distributed, "rank", lambda: rank)
+    monkeypatch.setattr(distributed, "world_size", lambda: world)
+
+
+def test_shard_batches_cover_every_image_once(monkeypatch):
+    for n, bs, world in [(24, 16, 2), (24, 8, 2), (6, 16, 2), (10, 3, 4), (0, 4, 2)]:
+        shards = []
+        for r in range(world):
+            _as_rank(monkeypatch, r, world)
+            shards.append(distributed.shard_batches(n, bs))
+        batches = sorted(b for shard in shards for b in shard)
+        assert batches == [list(range(i, min(i + bs, n))) for i in range(0, n, bs)]  # one process's batches
+
+
+def test_epoch_sampler_steps_match_one_process(monkeypatch):
+    data = list(range(19))
+    _as_rank(monkeypatch, 0, 1)
+    one = distributed.EpochSampler(data, seed=3, batch_size=8)
+    one.set_epoch(5)
+    keys = list(one)
+    assert len(set(keys)) == 19 and {e for e, _ in keys} == {5}
+    steps = [keys[i:i + 8] for i in range(0, 16, 8)]  # drop_last: 2 full steps
+    per_rank = []
+    for r in range(2):
+        _as_rank(monkeypatch, r, 2)
+        s = distributed.EpochSampler(data, seed=3, batch_size=4)
+        s.set_epoch(5)
+        per_rank.append(list(s))
+    for k, step in enumerate(steps):
+        union = per_rank[0][4 * k:4 * k + 4] + per_rank[1][4 * k:4 * k + 4]
+        assert sorted(union) == sorted(step)
+    s.set_epoch(5, skip_batches=1)  # a resumed run skips whole steps without loading them
+    assert list(s) == per_rank[1][4:] and len(s) == len(per_rank[1]) - 4
+
+
+def test_seeded_samples_depend_on_key_only():
+    class Noise(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.rand(3)
+
+    ds = distributed.SeededSamples(Noise(), seed=0)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = ds[(1, 2)]
+    torch.rand(5)  # whatever was drawn in between
+    assert torch.equal(ds[(1, 2)], a) and not torch.equal(ds[(2, 2)], a)
+    torch.set_rng_state(before)
+    ds[(1, 2)]
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's generator is left alone
+
+
+def test_draws_skip_without_changing_the_stream():
+    full = distributed.Draws(6, (0, 1, 0))
+    it = iter(full)
+    first = [next(it) for _ in range(10)]
+    skipped = iter(distributed.Draws(6, (0, 1, 0), skip=4))
+    assert [next(skipped) for _ in range(6)] == first[4:]
+
+
+def test_global_batch_must_divide_over_processes():
+    assert per_process_batch(32, 8) == 4
+    from bcct.errors import BadInput
+
+    with pytest.raises(BadInput, match="optim.batch_size=10 is the global batch .* 4 processes"):
+        per_process_batch(10, 4)
+
+
+# ------------------------------------------------------------------- speed settings
+
+
+def test_amp_values():
+    assert amp_dtype(False) is None and amp_dtype("false") is None and amp_dtype("False") is None
+    assert amp_dtype("bf16") is torch.bfloat16 and amp_dtype("fp16") is torch.float16
+    from bcct.errors import BadInput
+
+    with pytest.raises(BadInput, match="amp=true: use false, bf16"):
+        amp_dtype("true")
+
+
+def test_bf16_autocast_runs_a_training_step_on_cpu(make_tiny_cfg, tmp_path):
+    from bcct.methods import build_method
+
+    cfg = make_tiny_cfg("amp=bf16")
+    method = build_method(cfg, 3).train()
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    with autocast(cfg, torch.device("cpu")):
+        out = method(images)
+        loss, logs = method.training_step({"image": images, "label": labels})
+    assert out["logits"].dtype == torch.bfloat16 and loss.dtype == torch.float32
+    loss.backward()
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in method.parameters())
+    train(make_tiny_cfg("amp=bf16", "epochs=1"), tmp_path / "bf16", progress=False)
+    assert checkpoint.load(tmp_path / "bf16" / "last.pt")["config"]["amp"] == "bf16"
+
+
+def test_fp16_uses_a_grad_scaler_that_is_saved_and_restored(make_tiny_cfg, tmp_path):
+    """fp16 is for GPUs; CPU autocast runs it too, which exercises the GradScaler path."""
+    run = tmp_path / "fp16"
+    train(make_tiny_cfg("amp=fp16", "epochs=1"), run, progress=False)
+    scaler = checkpoint.load(run / "last.pt")["scaler"]
+    assert scaler["scale"] > 0 and "_growth_tracker" in scaler
+    train(make_tiny_cfg("amp=fp16", "epochs=2"), run, progress=False, resume=True)
+    assert checkpoint.load(run / "last.pt")["scaler"]["_growth_tracker"] > scaler["_growth_tracker"]
+
+
+def test_channels_last_only_on_cuda(make_tiny_cfg, tmp_path):
+    assert memory_format(torch.device("cuda")) is torch.channels_last
+    assert memory_format(torch.device("cuda", 1)) is torch.channels_last
+    assert memory_format(torch.device("cpu")) is torch.contiguous_format
+    run = tmp_path / "cpu"
+    train(make_tiny_cfg("epochs=1"), run, progress=False)
+    weights = [v for v in checkpoint.load(run / "last.pt")["model"].values() if v.dim() == 4]
+    assert weights and all(w.is_contiguous() for w in weights)  # no channels_last on CPU

@@ -34,6 +34,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--json", default=None, help="write the metrics here")
     p.add_argument("--oracle", action="store_true", help="choose the CAM threshold on this split (labelled oracle)")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="also write DIR/report.md: the table, accuracy vs CAM threshold (curve.png), the best and "
+                        "worst images (best.png, worst.png) and, for bcct, the BC-mask delta sweep")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. eval.threshold_step=0.001")
 
 
@@ -153,15 +156,23 @@ def _run_dir(args) -> tuple[str, bool, list[str]]:
 
 def cmd_eval(args) -> int:
     from bcct.report import format_table
-    from bcct.run import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, oracle=args.oracle,
-                                  overrides=args.overrides)
+    kwargs = dict(data=args.data, split=args.split, oracle=args.oracle, overrides=args.overrides)
+    if args.report:
+        from bcct.eval_report import evaluate_and_report
+
+        metrics = evaluate_and_report(args.checkpoint, args.report, **kwargs)
+    else:
+        from bcct.run import evaluate_checkpoint
+
+        metrics = evaluate_checkpoint(args.checkpoint, **kwargs)
     print(format_table({"": metrics}))
     if args.json:
         from bcct.checkpoint import write_text_atomic
 
         write_text_atomic(json.dumps(metrics, indent=2), args.json)
+    if args.report:
+        print(f"report: {Path(args.report) / 'report.md'}")
     return 0
 
 
@@ -217,12 +228,21 @@ COMMANDS = {"synth": cmd_synth, "pretrain": cmd_pretrain, "train": cmd_train, "e
             "sweep-delta": cmd_sweep_delta, "localize": cmd_localize, "demo": cmd_demo, "table": cmd_table}
 
 
+def _one_line(message: str) -> str:
+    """A BadInput raised in a DataLoader worker comes back wrapped in the worker's traceback;
+    keep only the original one-line message."""
+    if "Original Traceback" not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if last.startswith("bcct.errors.BadInput: ") else last
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except BadInput as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

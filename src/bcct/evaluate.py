@@ -87,35 +87,57 @@ def evaluate(method, ds: WSOLDataset, cfg: Config, device: torch.device,
     """Metrics per readout. ``thresholds`` (chosen on val) are used when given, else the
     config's fixed one, else the split's own best (reported as ``threshold_source: oracle``).
     Every process of a distributed run calls it and gets the same result (module doc)."""
+    return _evaluate(method, ds, cfg, device, thresholds, progress, detailed=False)["results"]
+
+
+def evaluate_detailed(method, ds: WSOLDataset, cfg: Config, device: torch.device,
+                      thresholds: dict[str, float] | None = None, progress: bool = False) -> dict:
+    """:func:`evaluate` plus what its numbers were computed from, rows in dataset order:
+    ``results`` (as :func:`evaluate` returns), ``correctness`` ({readout: BoxCorrectness}),
+    ``top1``/``top5`` (per-image classification flags) and ``maps`` ({readout: GT-class score
+    maps [N, h, w]}). Nothing is computed twice; with several processes the maps are
+    gathered too (one float32 map per image and readout)."""
+    return _evaluate(method, ds, cfg, device, thresholds, progress, detailed=True)
+
+
+def _evaluate(method, ds: WSOLDataset, cfg: Config, device: torch.device, thresholds: dict[str, float] | None,
+              progress: bool, detailed: bool) -> dict:
     pred = predict(method, ds, cfg, device, progress, shard=True)
     share = {"index": pred["index"], "top1": pred["top1"], "top5": pred["top5"], "mask_boxes": pred["mask_boxes"],
-             "correctness": {name: corr.state_dict() for name, corr in correctness(pred, ds, cfg).items()}}
+             "correctness": {name: corr.state_dict() for name, corr in correctness(pred, ds, cfg).items()},
+             "maps": pred["maps"] if detailed else {}}
     shares = distributed.gather_objects(share)
-    results = _summarize(shares, ds, cfg, thresholds) if distributed.is_main() else None
-    return distributed.broadcast_object(results)
+    out = _summarize(shares, ds, cfg, thresholds, detailed) if distributed.is_main() else None
+    return distributed.broadcast_object(out)
 
 
-def _summarize(shares: list[dict], ds: WSOLDataset, cfg: Config, thresholds: dict[str, float] | None) -> dict:
-    """Metrics from the processes' shares, their rows put back in dataset order."""
+def _summarize(shares: list[dict], ds: WSOLDataset, cfg: Config, thresholds: dict[str, float] | None,
+               detailed: bool = False) -> dict:
+    """{"results": metrics} from the processes' shares, their rows put back in dataset order;
+    ``detailed`` adds the rows themselves (:func:`evaluate_detailed`)."""
     order = np.argsort(np.concatenate([s["index"] for s in shares]), kind="stable")
     top1 = np.concatenate([s["top1"] for s in shares])[order]
     top5 = np.concatenate([s["top5"] for s in shares])[order]
     names = next((list(s["correctness"]) for s in shares if s["correctness"]), [])
-    results = {}
+    results, corrs = {}, {}
     for name in names:
         state = BoxCorrectness.concat([s["correctness"][name] for s in shares if name in s["correctness"]]).state_dict()
         state["iou_v1"], state["iou_v2"] = state["iou_v1"][order], state["iou_v2"][order]
         tau = cfg.eval.threshold
         if tau is None and thresholds and name in thresholds:
             tau = thresholds[name]
-        results[name] = summarize(BoxCorrectness.from_state_dict(state), top1, top5, threshold=tau)
+        corrs[name] = BoxCorrectness.from_state_dict(state)
+        results[name] = summarize(corrs[name], top1, top5, threshold=tau)
     mask_boxes = [s["mask_boxes"] for s in shares if s["mask_boxes"] is not None]
     if mask_boxes:
         boxes = to_original(np.concatenate(mask_boxes)[order], ds.image_sizes(), cfg.data.image_size)
         validity = mask_validity(boxes, [r.boxes for r in ds.records])
         for res in results.values():
             res["mask_validity"] = float(validity.mean())
-    return results
+    if not detailed:
+        return {"results": results}
+    maps = {name: np.concatenate([s["maps"][name] for s in shares if name in s["maps"]])[order] for name in names}
+    return {"results": results, "correctness": corrs, "top1": top1, "top5": top5, "maps": maps}
 
 
 def flatten(results: dict) -> dict:

@@ -112,3 +112,53 @@ def map_grid(images: np.ndarray, rows: dict[str, np.ndarray], path: str | Path) 
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+
+
+def savefig_atomic(fig, path: str | Path, dpi: int = 110) -> None:
+    """Save a matplotlib figure to a temporary file beside ``path``, then rename it."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def threshold_curve(curves: dict[str, dict], path: str | Path, title: str = "") -> None:
+    """Localisation accuracy vs CAM threshold -> one PNG.
+
+    ``curves[readout]`` = dict(thresholds [T], gt_known [T], top1_loc [T] (fractions),
+    threshold (the chosen one, marked by a dashed line and dots on both curves), optional
+    index (the grid point that scores like it; default: the nearest)).
+    """
+    from matplotlib.figure import Figure  # no pyplot: no global figure state
+
+    fig = Figure(figsize=(6.0, 3.8))
+    ax = fig.add_subplot()
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, c) in enumerate(curves.items()):
+        colour = colours[i % len(colours)]
+        t = np.asarray(c["thresholds"])
+        gt, top1 = 100 * np.asarray(c["gt_known"]), 100 * np.asarray(c["top1_loc"])
+        ax.plot(t, gt, color=colour, label=f"{name}: GT-known loc")
+        ax.plot(t, top1, color=colour, linestyle=":", label=f"{name}: top-1 loc")
+        tau = float(c["threshold"])
+        k = int(c["index"]) if "index" in c else int(np.argmin(np.abs(t - tau)))
+        ax.axvline(tau, color=colour, linestyle="--", linewidth=1)
+        ax.plot([t[k], t[k]], [gt[k], top1[k]], "o", color=colour, markersize=4)
+        ax.annotate(f"chosen {tau:.2f}", (tau, gt[k]), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                    color=colour)
+    ax.set_xlabel("CAM threshold (fraction of the map's maximum)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    savefig_atomic(fig, path)

@@ -26,11 +26,35 @@ def load_method(ckpt_path: str, overrides: list[str] | None = None, device: str 
     method = build_method(cfg, len(ckpt["class_names"]))
     try:
         method.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
+    except RuntimeError:
+        saved = ckpt.get("method")
+        if saved and saved != cfg.method:
+            hint = f"it holds a {saved} model: evaluate it as {saved} (drop the method={cfg.method} override)"
+        elif overrides:
+            hint = "check the overrides: they must not change the model's shape"
+        else:
+            hint = "was it written by another bcct version?"
         raise BadInput(f"{ckpt_path}: weights do not fit a {cfg.method} model with {len(ckpt['class_names'])} "
-                       f"classes ({str(exc).splitlines()[0][:120]}); was it written by another bcct version?") from None
+                       f"classes ({_mismatch(method.state_dict(), ckpt['model'])}); {hint}") from None
     dev = resolve_device(device if device != "auto" else cfg.device)
     return method.to(dev).eval(), cfg, ckpt
+
+
+def _mismatch(expected: dict, given: dict) -> str:
+    """What differs between a model's state dict and a checkpoint's, in a few words."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shaped = [k for k in expected if k in given and tuple(given[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensors missing, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    if shaped:
+        k = shaped[0]
+        parts.append(f"{len(shaped)} of another shape, e.g. {k} {tuple(given[k].shape)} instead of "
+                     f"{tuple(expected[k].shape)}")
+    return ", ".join(parts) or "state dicts differ"
 
 
 def evaluate_checkpoint(ckpt_path: str, data: str | None = None, split: str = "test", oracle: bool = False,

@@ -235,6 +235,8 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
     method = distributed.sync_batchnorm(method, device).to(device, memory_format=memory_format(device))
     folder = cfg.data.backgrounds or str(Path(cfg.data.root) / "backgrounds")
     train_paths = [r.path for r in train_ds.records]
+    if method.needs_backgrounds:  # a missing, empty or corrupt Background Image Set fails before anything is written
+        make_background_set(folder, train_paths, train_transform(cfg.data))
 
     optimizer = torch.optim.SGD(method.param_groups(), momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.optim.lr_step_epochs), gamma=cfg.optim.lr_gamma)

@@ -24,11 +24,30 @@ def find_backgrounds(folder: str | Path) -> list[Path]:
         )
     paths = list_images(folder)
     if not paths:
+        others = sorted(p for p in folder.rglob("*") if p.is_file())
+        found = (f"only {len(others)} other file(s), e.g. {others[0].relative_to(folder)}" if others
+                 else "the folder is empty")
         raise BadInput(
-            f"{folder}: Background Image Set holds no image ({'/'.join(IMAGE_SUFFIXES)}); "
-            "add some images without the target objects"
+            f"{folder}: Background Image Set holds no image ({'/'.join(IMAGE_SUFFIXES)}; {found}); "
+            "add images without the target objects, or pass --backgrounds auto"
         )
     return paths
+
+
+# Background files already read in full by this process, by (path, size, mtime): a set is
+# built again every epoch, and each file need only be checked once.
+_CHECKED: set[tuple[str, int, int]] = set()
+
+
+def check_backgrounds(paths: list[Path]) -> None:
+    """Read every file in full once (:func:`bcct.data.images.load_rgb`); the first
+    unreadable one raises :class:`BadInput` naming it."""
+    for path in paths:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _CHECKED:
+            load_rgb(path)
+            _CHECKED.add(key)
 
 
 class BorderCrops(Dataset):
@@ -67,10 +86,17 @@ def make_background_set(folder: str, train_paths: list[Path], transform: Callabl
 
 
 class BackgroundSet(Dataset):
-    """Background images with the train transform; unreadable files raise BadInput naming them."""
+    """Background images with the train transform.
+
+    A corrupt file is an error, never skipped: every file is read in full when the set is
+    built (once per process and file version, :func:`check_backgrounds`), so an unreadable
+    one stops the run with :class:`BadInput` naming it before any training time is spent;
+    a file that breaks on disk during the run raises the same error when it is loaded.
+    """
 
     def __init__(self, folder: str | Path, transform: Callable):
         self.paths = find_backgrounds(folder)
+        check_backgrounds(self.paths)
         self.transform = transform
 
     def __len__(self) -> int:

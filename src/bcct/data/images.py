@@ -6,6 +6,7 @@ Every one of them becomes RGB here so nothing downstream needs to care.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -42,7 +43,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Read ``path`` fully and return an RGB PIL image; raise :class:`BadInput` otherwise."""
+    """Read ``path`` fully and return an RGB PIL image; raise :class:`BadInput` otherwise.
+
+    An image over :data:`MAX_PIXELS` is refused from its header, before any pixel is
+    decoded (Pillow itself refuses at twice that size, inside ``Image.open``), so a small
+    file that declares a huge size allocates nothing."""
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{path}: image file not found; check the path or the data root")
@@ -62,7 +67,12 @@ def load_rgb(path: str | Path) -> Image.Image:
     except BadInput:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadInput(f"{path}: image too large ({exc}); downscale it") from None
+        # Pillow refuses in Image.open, from the header alone: nothing was decoded.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"has {int(found.group(1))} pixels" if found else "is too large"
+        raise BadInput(
+            f"{path}: image {size}, over the {MAX_PIXELS} pixel guard (possible decompression bomb); downscale it"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadInput(
             f"{path}: cannot decode image ({type(exc).__name__}: {exc}); the file is corrupt "

@@ -70,6 +70,8 @@ def image_size(record: Record) -> tuple[int, int]:
     try:
         with Image.open(record.path) as img:
             w, h = img.size
+    except Image.DecompressionBombError:
+        raise BadInput(f"{record.path}: image declares a size beyond Pillow's decompression-bomb limit; downscale it") from None
     except FileNotFoundError:
         raise BadInput(f"{record.path}: image listed in the annotations is missing; restore it or drop its rows") from None
     except OSError as exc:

@@ -22,9 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from bcct.checkpoint import write_text_atomic
-from bcct.data.dataset import WSOLDataset
-from bcct.data.readers import read_dataset
-from bcct.data.transforms import test_transform
 from bcct.errors import BadInput
 from bcct.evaluate import evaluate_detailed, flatten
 from bcct.metrics import IOU_THRESHOLD, iou_hits
@@ -49,23 +46,12 @@ def evaluate_checkpoint_detailed(ckpt_path: str, data: str | None = None, split:
     """:func:`bcct.run.evaluate_checkpoint`'s steps, keeping the per-image rows: a dict of
     ``metrics`` (exactly what evaluate_checkpoint returns), ``detail``
     (:func:`bcct.evaluate.evaluate_detailed`), ``method``, ``cfg``, ``ckpt``, ``ds``, ``oracle``."""
-    from bcct.run import load_method
+    from bcct.run import describe, eval_setup
 
-    method, cfg, ckpt = load_method(ckpt_path, overrides)
-    if data:
-        cfg.data.root = data
-    wset = read_dataset(cfg.data, seed=cfg.seed)
-    if wset.num_classes != len(ckpt["class_names"]):
-        raise BadInput(f"{cfg.data.root}: has {wset.num_classes} classes but {ckpt_path} was trained on "
-                       f"{len(ckpt['class_names'])}; evaluate it on the data it was trained for")
-    ds = WSOLDataset(wset.split(split), test_transform(cfg.data))
-    if len(ds) == 0:
-        raise BadInput(f"{cfg.data.root}: the {split} split is empty")
-    thresholds = None if oracle else ckpt.get("thresholds") or None
+    method, cfg, ckpt, ds, thresholds = eval_setup(ckpt_path, data, split, oracle, overrides)
     device = next(method.parameters()).device
     detail = evaluate_detailed(method, ds, cfg, device, thresholds=thresholds, progress=progress)
-    metrics = flatten(detail["results"])
-    metrics.update({"method": cfg.method, "split": split, "checkpoint": str(ckpt_path), "epoch": ckpt["epoch"]})
+    metrics = describe(flatten(detail["results"]), cfg, split, ckpt_path, ckpt)
     return {"metrics": metrics, "detail": detail, "method": method, "cfg": cfg, "ckpt": ckpt, "ds": ds,
             "oracle": oracle, "thresholds": thresholds or {}}
 

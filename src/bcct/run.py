@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from bcct import checkpoint
-from bcct.config import Config, from_dict, load_config, to_dict
+from bcct.config import from_dict, load_config, to_dict
 from bcct.data.dataset import WSOLDataset
 from bcct.data.readers import read_dataset
 from bcct.data.transforms import test_transform
@@ -57,10 +57,11 @@ def _mismatch(expected: dict, given: dict) -> str:
     return ", ".join(parts) or "state dicts differ"
 
 
-def evaluate_checkpoint(ckpt_path: str, data: str | None = None, split: str = "test", oracle: bool = False,
-                        overrides: list[str] | None = None, progress: bool = True) -> dict:
-    """Metrics of a checkpoint on ``split``. The CAM threshold is the one chosen on the
-    held-out val split during training (or ``eval.threshold``); ``oracle`` picks it on ``split``."""
+def eval_setup(ckpt_path: str, data: str | None = None, split: str = "test", oracle: bool = False,
+               overrides: list[str] | None = None):
+    """(method, cfg, ckpt, dataset, thresholds) for evaluating a checkpoint on ``split``. The CAM
+    threshold is the one chosen on the held-out val split during training (or
+    ``eval.threshold``); ``oracle`` leaves it to be picked on ``split`` itself (None)."""
     method, cfg, ckpt = load_method(ckpt_path, overrides)
     if data:
         cfg.data.root = data
@@ -72,11 +73,21 @@ def evaluate_checkpoint(ckpt_path: str, data: str | None = None, split: str = "t
     if len(ds) == 0:
         raise BadInput(f"{cfg.data.root}: the {split} split is empty")
     thresholds = None if oracle else ckpt.get("thresholds") or None
-    device = next(method.parameters()).device
-    results = evaluate(method, ds, cfg, device, thresholds=thresholds, progress=progress)
-    metrics = flatten(results)
+    return method, cfg, ckpt, ds, thresholds
+
+
+def describe(metrics: dict, cfg, split: str, ckpt_path: str, ckpt: dict) -> dict:
     metrics.update({"method": cfg.method, "split": split, "checkpoint": str(ckpt_path), "epoch": ckpt["epoch"]})
     return metrics
+
+
+def evaluate_checkpoint(ckpt_path: str, data: str | None = None, split: str = "test", oracle: bool = False,
+                        overrides: list[str] | None = None, progress: bool = True) -> dict:
+    """Metrics of a checkpoint on ``split`` (see :func:`eval_setup` for the threshold)."""
+    method, cfg, ckpt, ds, thresholds = eval_setup(ckpt_path, data, split, oracle, overrides)
+    device = next(method.parameters()).device
+    results = evaluate(method, ds, cfg, device, thresholds=thresholds, progress=progress)
+    return describe(flatten(results), cfg, split, ckpt_path, ckpt)
 
 
 def plain(obj):

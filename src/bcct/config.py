@@ -68,6 +68,7 @@ class EvalConfig:
     threshold_step: float = 0.01  # CAM threshold grid 0.00..0.99 (wsolevaluation uses 0.001)
     threshold: float | None = None  # fixed CAM threshold; None: choose on the held-out val split
     batch_size: int = 64
+    select: str = "top1_loc"  # best.pt: best val top-1 loc (top1_loc) or the last epoch (last)
 
 
 @dataclass

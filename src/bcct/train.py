@@ -244,6 +244,7 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
 
     start_epoch, start_step, resumed = 0, 0, None
     best_score, thresholds, best_val = -1.0, {}, {}
+    _score({}, 0, cfg.eval.select)  # a bad eval.select fails before any training
     if resume and (out_dir / "last.pt").is_file():
         resumed = checkpoint.load(out_dir / "last.pt")
         method.load_state_dict(resumed["model"])
@@ -256,7 +257,7 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
         if (out_dir / "best.pt").is_file():
             best = checkpoint.load(out_dir / "best.pt")
             best_val, thresholds = best["val"], best["thresholds"]
-            best_score = _score(best_val)
+            best_score = _score(best_val, best["epoch"], cfg.eval.select)
 
     prep_stats = method.prepare(train_ds, folder, device, progress)
     model = distributed.wrap(method, device)  # DDP (rank 0's weights to all) or the plain step
@@ -299,15 +300,15 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
             if main:
                 ckpt = make_checkpoint(method, optimizer, scheduler, cfg, epoch, wset.class_names, epoch_thresholds, val,
                                        scaler=scaler)
-                if _score(val) >= best_score:
+                if _score(val, epoch, cfg.eval.select) >= best_score:
                     checkpoint.save_atomic(ckpt, out_dir / "best.pt")
                 checkpoint.save_atomic(ckpt, out_dir / "last.pt")
                 with open(log_path, "a") as fh:  # after last.pt: a resumed run never repeats a line
                     fh.write(json.dumps(record) + "\n")
                 if progress:
                     print(_line(record), flush=True)
-            if _score(val) >= best_score:
-                best_score, best_val, thresholds = _score(val), val, epoch_thresholds
+            if _score(val, epoch, cfg.eval.select) >= best_score:
+                best_score, best_val, thresholds = _score(val, epoch, cfg.eval.select), val, epoch_thresholds
             if distributed.any_rank(stop.requested) and epoch + 1 < cfg.optim.epochs:
                 raise KeyboardInterrupt  # last.pt holds this finished epoch
     return {"val": best_val, "thresholds": thresholds}
@@ -336,8 +337,13 @@ def _truncate_log(path: Path, start_epoch: int | None) -> None:
     checkpoint.write_text_atomic("".join(line + "\n" for line in keep), path)
 
 
-def _score(val: dict) -> float:
-    """Model selection on val: top-1 localisation of the primary readout (0 when no val split)."""
+def _score(val: dict, epoch: int, select: str) -> float:
+    """Model selection for best.pt: ``top1_loc`` of the primary readout on val (0 when there
+    is no val split), or ``last`` (the latest epoch always wins)."""
+    if select == "last":
+        return float(epoch)
+    if select != "top1_loc":
+        raise BadInput(f"eval.select={select!r}: use top1_loc or last")
     if not val:
         return 0.0
     return float(next(iter(val.values()))["top1_loc"])

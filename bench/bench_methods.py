@@ -33,7 +33,7 @@ WARMUP = 3
 # model is the CAM model and the ratio is the cost of BC-CT itself; the default rows add the
 # class-agnostic branch (mask_target=both).
 TARGETS = {"bcct two-stage": 1.05, "bcct two-stage (cam target)": 1.05,
-           "bcct end2end": 1.6, "bcct end2end (cam target)": 1.6}
+           "bcct end2end": 1.6, "bcct end2end (cam target)": 1.6, "bcct end2end, BC at 0.5x": 1.6}
 
 
 def make_method(size: int, batch: int, *overrides: str, method: str):
@@ -78,6 +78,7 @@ def main() -> None:
         "bcct end2end (cam target)": make_method(s, b, *low_lr, "bcct.mode=end2end", "bcct.mask_target=cam", method="bcct"),
         "bcct two-stage (cam target)": make_method(s, b, *low_lr, "bcct.mode=two_stage", "bcct.mask_target=cam",
                                                    method="bcct"),
+        "bcct end2end, BC at 0.5x": make_method(s, b, *low_lr, "bcct.mode=end2end", "bcct.bc_scale=0.5", method="bcct"),
     }
     # The two-stage cache: the BC model's gradient maps of these images, as uint8 (made once,
     # outside the timed steps, exactly like cache_gradient_maps before the first epoch).
@@ -89,6 +90,7 @@ def main() -> None:
         "bcct two-stage": {"image": images, "label": labels, "cached_map": cached},
         "bcct end2end (cam target)": {"image": images, "label": labels, "background": backgrounds},
         "bcct two-stage (cam target)": {"image": images, "label": labels, "cached_map": cached},
+        "bcct end2end, BC at 0.5x": {"image": images, "label": labels, "background": backgrounds},
     }
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), small_vgg (random init), "

@@ -441,3 +441,20 @@ def test_loss_falls_on_a_fixed_batch(make_tiny_cfg, tiny_data):
     assert np.mean(total[-3:]) < 0.8 * np.mean(total[:3]), total
     assert history[-1]["cls_loss"] < history[0]["cls_loss"]
     assert history[-1]["bc_loss"] < history[0]["bc_loss"]
+
+
+def test_bc_at_half_scale_gives_full_size_maps_and_trains(make_tiny_cfg, tiny_data):
+    """bcct.bc_scale=0.5: the BC model sees a half-size copy; maps and masks stay at the
+    input size, background features come from half-size images too, and a step trains."""
+    torch.manual_seed(0)
+    cfg = make_tiny_cfg("bcct.warmup_epochs=0", "bcct.mode=end2end", "bcct.bc_scale=0.5", method="bcct")
+    method = build_method(cfg, num_classes=3).train()
+    images = torch.randn(4, 3, 32, 32)
+    assert method.bc_input(images).shape == (4, 3, 16, 16)
+    maps, feats, logits = method.gradient_maps(images)
+    assert maps.shape == (4, 32, 32) and float(maps.min()) >= 0 and float(maps.max()) <= 1
+    assert feats.shape[-1] == 16 // method.bc.features.stride
+    batch = {"image": images, "label": torch.tensor([0, 1, 2, 0]), "background": torch.randn(2, 3, 32, 32)}
+    loss, logs = method.training_step(batch)
+    loss.backward()
+    assert math.isfinite(loss.item()) and "bc_loss" in logs and "mask_loss" in logs

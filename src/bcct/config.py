@@ -80,6 +80,7 @@ class BCCTConfig:
     mode: str = "end2end"  # end2end (paper 4.2) | two_stage (BC first, masks cached)
     bc_epochs: int = 3  # two-stage only: epochs of BC training before CT
     bc_lr: float = 1e-3
+    bc_scale: float = 1.0  # BC model input scale; 0.5 runs BC at half resolution (about 4x cheaper, our addition)
     bc_hidden: int = 0  # BC classifier: 0 = GAP + linear (paper); >0 = 1x1 conv + ReLU of this width first
     reduce: str = "max"  # gradient channels -> one map: max of |g| (Simonyan et al.) | l2
     pool: int = 1  # average the saliency over pool x pool cells before smoothing (1: off)

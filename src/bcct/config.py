@@ -83,9 +83,9 @@ class BCCTConfig:
     bc_scale: float = 1.0  # BC model input scale; 0.5 runs BC at half resolution (about 4x cheaper, our addition)
     bc_hidden: int = 0  # BC classifier: 0 = GAP + linear (paper); >0 = 1x1 conv + ReLU of this width first
     reduce: str = "max"  # gradient channels -> one map: max of |g| (Simonyan et al.) | l2
-    pool: int = 1  # average the saliency over pool x pool cells before smoothing (1: off)
-    smooth_sigma: float = 1.0  # gradient-map Gaussian smoothing, sigma in pixels
-    normalize: str = "max"  # gradient-map normalisation: max | sqrt | percentile | minmax
+    pool: int = 8  # average the saliency over pool x pool cells before smoothing (1: off); ~ the backbone stride
+    smooth_sigma: float = 4.0  # gradient-map Gaussian blur, sigma in pixels (~1/16 of the input side; docs/bcct.md)
+    normalize: str = "sqrt"  # gradient-map normalisation: sqrt (default, docs/bcct.md) | max (Eq. 2 literally) | percentile | minmax
     ignore_band: float = 0.0  # >0: only pixels below (1-band)*delta*max are sure background; the rest outside the mask is ignored
     warmup_epochs: int = 0  # plain CAM epochs before the mask loss is switched on
 

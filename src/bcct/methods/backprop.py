@@ -18,12 +18,10 @@ image its own gradient.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from bcct.config import Config
-from bcct.ct_model import CTModel
-from bcct.methods.base import Method, register
-from bcct.methods.common import cls_logs, split_param_groups
+from bcct.gradient_map import reduce_channels
+from bcct.methods.base import register
+from bcct.methods.cam import CAM
 
 
 def saliency(model: torch.nn.Module, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -33,27 +31,17 @@ def saliency(model: torch.nn.Module, images: torch.Tensor, classes: torch.Tensor
         logits = model(x)["logits"]
         score = logits.gather(1, classes.view(-1, 1).long()).sum()
         (grad,) = torch.autograd.grad(score, x)
-    return grad.abs().amax(dim=1)
+    return reduce_channels(grad, "max")
 
 
 @register("backprop")
-class Backprop(Method):
-    def __init__(self, cfg: Config, num_classes: int):
-        super().__init__(cfg, num_classes)
-        self.model = CTModel(cfg.model, num_classes)
+class Backprop(CAM):
+    """The CAM classifier and loss; only the readout differs."""
 
     def forward(self, images: torch.Tensor) -> dict:
         out = self.model(images)
         out["images"] = images  # score_maps differentiates the scores with respect to these
         return out
 
-    def training_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        out = self.model(batch["image"])
-        loss = F.cross_entropy(out["logits"], batch["label"])
-        return loss, {"loss": loss.item(), "cls_loss": loss.item(), **cls_logs(out["logits"], batch["label"])}
-
     def score_maps(self, out: dict, classes: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"saliency": saliency(self.model, out["images"], classes)}
-
-    def param_groups(self) -> list[dict]:
-        return split_param_groups(self, self.model.backbone, self.cfg)

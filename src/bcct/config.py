@@ -48,6 +48,7 @@ class ModelConfig:
     pretrained: str = "imagenet"  # imagenet | standin | none | PATH to a state-dict file
     head_width: int = 1024  # paper 5.1 (ACoL head): two 3x3 convs with 1024 filters
     head_bn: bool = False  # BatchNorm in the head (not in the paper; helps small CPU models)
+    train_from: str = ""  # CT backbone: freeze the layers before the first parameter named with this prefix (e.g. blocks.4); empty: fine-tune all
 
 
 @dataclass
@@ -82,10 +83,13 @@ class BCCTConfig:
     bc_lr: float = 1e-3
     bc_scale: float = 1.0  # BC model input scale; 0.5 runs BC at half resolution (about 4x cheaper, our addition)
     bc_hidden: int = 0  # BC classifier: 0 = GAP + linear (paper); >0 = 1x1 conv + ReLU of this width first
+    map: str = "input_gradient"  # BC map: input_gradient (Eq. 1) | grad_x_input | smoothgrad | gradcam (bcct/gradient_map.py)
+    flip: bool = False  # average each map with that of the mirrored image
     reduce: str = "max"  # gradient channels -> one map: max of |g| (Simonyan et al.) | l2
-    pool: int = 8  # average the saliency over pool x pool cells before smoothing (1: off); ~ the backbone stride
-    smooth_sigma: float = 4.0  # gradient-map Gaussian blur, sigma in pixels (~1/16 of the input side; docs/bcct.md)
-    normalize: str = "sqrt"  # gradient-map normalisation: sqrt (default, docs/bcct.md) | max (Eq. 2 literally) | percentile | minmax
+    pool_cells: float = 1.0  # average the saliency over cells of this many backbone strides (0: off)
+    blur: float = 0.0625  # Gaussian blur sigma as a fraction of the image side (0: off; 1/16 measured on synth, docs/bcct.md)
+    normalize: str = "sqrt"  # map scaling: sqrt (delta on it is delta^2 x max on Eq. 2's scale) | max (Eq. 2 literally) | percentile | minmax
+    literal: bool = False  # true: Eq. 1-2 as printed (input gradient, no pooling or blur, max) whatever the keys above say
     ignore_band: float = 0.0  # >0: only pixels below (1-band)*delta*max are sure background; the rest outside the mask is ignored
     warmup_epochs: int = 0  # plain CAM epochs before the mask loss is switched on
 

@@ -33,6 +33,13 @@ class CTModel(nn.Module):
         # The paper feeds the branch "the feature map after the top fully convolutional
         # layer"; we take the backbone features so it does not compete with the class maps.
         self.branch = MaskBranch(self.backbone.out_channels, cfg.head_width, cfg.head_bn) if mask_branch else None
+        self.frozen = freeze_before(self.backbone, cfg.train_from)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self.frozen:
+            module.eval()  # frozen layers keep their pretrained BatchNorm statistics
+        return self
 
     def forward(self, images: torch.Tensor) -> dict:
         feats = self.backbone(images)
@@ -46,6 +53,26 @@ class CTModel(nn.Module):
         """Paper 5.1: pretrained conv layers at 1e-4, new layers at 1e-3."""
         new = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
         return [
-            {"params": list(self.backbone.parameters()), "lr": lr_backbone},
+            {"params": [p for p in self.backbone.parameters() if p.requires_grad], "lr": lr_backbone},
             {"params": new, "lr": lr_new},
         ]
+
+
+def freeze_before(backbone: nn.Module, prefix: str) -> list[nn.Module]:
+    """Freeze ``backbone``'s leading layers: every module whose parameters all come before the
+    first parameter named ``prefix...``. Returns the frozen modules (to keep in eval mode)."""
+    if not prefix:
+        return []
+    names = [n for n, _ in backbone.named_parameters()]
+    first = next((i for i, n in enumerate(names) if n.startswith(prefix)), None)
+    if first is None:
+        from bcct.errors import BadInput
+
+        tops = sorted({n.split(".")[0] for n in names})
+        raise BadInput(f"model.train_from={prefix!r} names no backbone parameter; its layers are: {', '.join(tops)}")
+    frozen_names = set(names[:first])
+    for n, p in backbone.named_parameters():
+        if n in frozen_names:
+            p.requires_grad_(False)
+    return [m for m in backbone.modules()
+            if list(m.parameters(recurse=False)) and all(not p.requires_grad for p in m.parameters(recurse=False))]

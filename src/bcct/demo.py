@@ -99,7 +99,7 @@ def _bc_figure(out: Path, path: Path) -> None:
 
     from bcct.backbones import build_backbone
     from bcct.data.transforms import denormalize
-    from bcct.gradient_map import gradient_map, pretrained_gradient
+    from bcct.gradient_map import pretrained_maps
     from bcct.mask import bc_mask
 
     method, cfg, ckpt = load_method(str(out / "runs" / "bcct" / "best.pt"))
@@ -110,7 +110,7 @@ def _bc_figure(out: Path, path: Path) -> None:
     b = cfg.bcct
     trained_with = ckpt["config"]["model"]["pretrained"]  # the run's own weights (load_method set "none")
     pretrained = build_backbone(cfg.model.backbone, trained_with).eval()
-    plain = gradient_map(pretrained_gradient(pretrained, images), b.reduce, b.smooth_sigma, b.normalize, b.pool)
+    plain = pretrained_maps(pretrained, images, b)
     maps = method.gradient_maps(images)[0]
     rows = {"pretrained": plain.numpy(), "BC map": maps.detach().numpy(), f"mask d={b.delta}": bc_mask(maps, b.delta).numpy()}
     map_grid(denormalize(images, cfg.data).permute(0, 2, 3, 1).numpy(), rows, path)

@@ -21,7 +21,7 @@ from bcct import cam
 from bcct.bc_model import BCModel, bc_loss
 from bcct.config import Config
 from bcct.ct_model import CTModel
-from bcct.gradient_map import gradient_map, input_gradient
+from bcct.gradient_map import bc_maps
 from bcct.mask import bc_mask, mask_boxes, threshold
 from bcct.methods.base import Method, register
 
@@ -65,16 +65,12 @@ class BCCT(Method):
 
     # -- the BC side -------------------------------------------------------------------
     def gradient_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(normalised gradient maps [B,H,W], BC features, BC logits) for a batch."""
-        b = self.cfg.bcct
-        size = images.shape[-2:]
-        grad, feats, logits = input_gradient(self.bc, self.bc_input(images))
-        if b.bc_scale == 1:
-            return gradient_map(grad, b.reduce, b.smooth_sigma, b.normalize, b.pool), feats, logits
-        # Map at the BC model's scale (pooling and blur scaled with it), then back to the image.
-        maps = gradient_map(grad, b.reduce, b.smooth_sigma * b.bc_scale, b.normalize, max(1, round(b.pool * b.bc_scale)))
-        maps = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
-        return maps.clamp(0, 1), feats, logits
+        """(maps in [0, 1] [B,H,W], BC features, BC logits) for a batch (bcct/gradient_map.py)."""
+        maps, feats, logits = bc_maps(self.bc, self.bc_input(images), self.cfg.bcct)
+        if self.cfg.bcct.bc_scale != 1:  # computed at the BC model's scale: back to the image
+            maps = F.interpolate(maps.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False)
+            maps = maps.squeeze(1).clamp(0, 1)
+        return maps, feats, logits
 
     def bc_input(self, images: torch.Tensor) -> torch.Tensor:
         """The BC model's input: the image, or a downscaled copy (``bcct.bc_scale`` < 1), which

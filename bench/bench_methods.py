@@ -9,8 +9,8 @@ reported, so that load from other processes on the machine hits all of them alik
 - ``cam``: cross-entropy on the CAM head.
 - ``bcct end2end``: also the BC input gradient, the BC classifier step on half a batch of
   backgrounds (and as many targets), Eq. 2 masks with their largest part, and the mask loss.
-- ``bcct two-stage``: the batch carries ``cached_map`` (uint8 [B,S,S], made once up front
-  by the BC model, as ``bcct.two_stage.cache_gradient_maps`` does), so no BC work runs in
+- ``bcct two-stage``: the batch carries ``cached_mask`` (uint8 codes [B,S,S], made once up front
+  by the BC model, as ``bcct.two_stage.cache_masks`` does), so no BC work runs in
   the step: masks from the cached maps and the mask loss only.
 
     python bench/bench_methods.py [--size 64] [--batch 32] [--steps 20] [--threads 1]
@@ -25,6 +25,7 @@ import time
 import torch
 
 from bcct.config import load_config
+from bcct.mask import mask_codes
 from bcct.methods import build_method
 
 NUM_CLASSES = 10
@@ -80,16 +81,16 @@ def main() -> None:
                                                    method="bcct"),
         "bcct end2end, BC at 0.5x": make_method(s, b, *low_lr, "bcct.mode=end2end", "bcct.bc_scale=0.5", method="bcct"),
     }
-    # The two-stage cache: the BC model's gradient maps of these images, as uint8 (made once,
-    # outside the timed steps, exactly like cache_gradient_maps before the first epoch).
+    # The two-stage cache: the BC masks of these images as uint8 codes (made once, outside
+    # the timed steps, exactly like two_stage.cache_masks before the first epoch).
     two_stage = methods["bcct two-stage"][0]
-    cached = (two_stage.gradient_maps(images)[0] * 255).round().to(torch.uint8)
+    cached = mask_codes(*two_stage.masks(two_stage.gradient_maps(images)[0]))
     batches = {
         "cam": {"image": images, "label": labels},
         "bcct end2end": {"image": images, "label": labels, "background": backgrounds},
-        "bcct two-stage": {"image": images, "label": labels, "cached_map": cached},
+        "bcct two-stage": {"image": images, "label": labels, "cached_mask": cached},
         "bcct end2end (cam target)": {"image": images, "label": labels, "background": backgrounds},
-        "bcct two-stage (cam target)": {"image": images, "label": labels, "cached_map": cached},
+        "bcct two-stage (cam target)": {"image": images, "label": labels, "cached_mask": cached},
         "bcct end2end, BC at 0.5x": {"image": images, "label": labels, "background": backgrounds},
     }
 

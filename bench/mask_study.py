@@ -17,11 +17,11 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from bcct.backbones import build_backbone
@@ -30,7 +30,7 @@ from bcct.data.dataset import WSOLDataset, collate
 from bcct.data.readers import read_dataset
 from bcct.data.transforms import test_transform, train_transform
 from bcct.evaluate import to_original
-from bcct.gradient_map import postprocess, pretrained_gradient, raw_delta, reduce_channels, saliency
+from bcct.gradient_map import postprocess, pretrained_gradcam, pretrained_gradient, reduce_channels, saliency
 from bcct.mask import bc_mask, mask_boxes
 from bcct.methods import build_method
 from bcct.metrics import mask_validity
@@ -51,6 +51,8 @@ VARIANTS = [
     ("gradcam, blur 1/32, max", "gradcam", False, 0, 0.03125, "max"),
     ("gradcam + flip, max", "gradcam", True, 0, 0, "max"),
     ("gradcam, sqrt", "gradcam", False, 0, 0, "sqrt"),
+    ("gradcam + flip, sqrt", "gradcam", True, 0, 0, "sqrt"),
+    ("gradcam, blur 1/32, sqrt", "gradcam", False, 0, 0.03125, "sqrt"),
 ]
 
 
@@ -75,6 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default="cub_cpu")
     ap.add_argument("--split", default="val", choices=("train", "val"), help="never test: choices are made here")
     ap.add_argument("--json", help="write the numbers here")
+    ap.add_argument("--only", default="", help="only the variants whose name contains this text")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -113,6 +116,8 @@ def main(argv=None) -> int:
 
     rows = {}
     for name, how, flip, cells, blur, norm in VARIANTS:
+        if args.only not in name:
+            continue
         rows[name] = mask_scores(postprocess(raw(how, flip), stride, cells, blur, norm), ds, size)
     plain = build_backbone(cfg.model.backbone, cfg.model.pretrained).eval()
     pre = torch.cat([reduce_channels(pretrained_gradient(plain, images[i:i + 16])) for i in range(0, len(images), 16)])
@@ -120,6 +125,11 @@ def main(argv=None) -> int:
                                     ("pretrained only, 1 cell, blur 1/16, sqrt", 1, 0.0625, "sqrt"),
                                     ("pretrained only, 1 cell, blur 1/16, max", 1, 0.0625, "max")]:
         rows[name] = mask_scores(postprocess(pre, stride, cells, blur, norm), ds, size)
+    pre_cam = torch.cat([pretrained_gradcam(plain, images[i:i + 16]) for i in range(0, len(images), 16)])
+    pre_cam = F.interpolate(pre_cam.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
+    for name, norm in [("pretrained only, gradcam of its pooled-feature norm, max", "max"),
+                       ("pretrained only, gradcam of its pooled-feature norm, sqrt", "sqrt")]:
+        rows[name] = mask_scores(postprocess(pre_cam, stride, 0, 0, norm), ds, size)
 
     print(f"\n{args.split} split, {len(ds)} images; each cell: mask IoU50 / BC* (percent)")
     print("| variant | " + " | ".join(f"{d:g}" for d in DELTAS) + " | best IoU50 (delta) |")

@@ -226,3 +226,15 @@ def test_pxap_agrees_with_reference():
     evaluator.add(maps, boxes, image_sizes, masks)
     expected = ref.pxap(maps, masks, thresholds)
     assert summarize(evaluator, np.ones(10), np.ones(10))["pxap"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_mask_iou50_and_bc_star_by_hand():
+    from bcct.metrics import mask_iou50, mask_validity
+
+    gt = [np.array([[10, 10, 30, 30]])] * 4
+    boxes = np.array([[10, 10, 30, 30],     # the GT box itself: IoU 1
+                      [0, 0, 100, 100],     # covers it: BC* yes, IoU 0.04: no
+                      [10, 10, 30, 22],     # IoU 12/20 = 0.6
+                      [10, 10, 30, 19]])    # IoU 9/20 = 0.45
+    assert mask_iou50(boxes, gt).tolist() == [True, False, True, False]
+    assert mask_validity(boxes, gt).tolist() == [True, True, True, False]

@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep-delta", help="BC* over delta from a bcct checkpoint (Table 2-3); --train retrains per delta")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", default=None)
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--split", default="val", choices=("train", "val", "test"),
+                   help="val (default): where delta is chosen; test: labelled ORACLE")
     p.add_argument("--deltas", default="0.5,0.6,0.7,0.75,0.8,0.85,0.9")
     p.add_argument("--json", default=None)
     p.add_argument("--train", action="store_true", help="also retrain BC-CT for every delta (paper Table 3)")
@@ -178,6 +179,7 @@ def cmd_eval(args) -> int:
 
 def cmd_sweep_delta(args) -> int:
     from bcct.checkpoint import write_text_atomic
+    from bcct import checkpoint
     from bcct.sweep import format_sweep, run_sweep
 
     try:
@@ -187,7 +189,8 @@ def cmd_sweep_delta(args) -> int:
     if args.train and not args.out:
         raise BadInput("--train needs --out DIR for the per-delta runs")
     result = run_sweep(args.checkpoint, deltas, data=args.data, split=args.split, train_out=args.out if args.train else None)
-    print(format_sweep(result))
+    b = checkpoint.load(args.checkpoint)["config"].get("bcct", {})
+    print(format_sweep(result, args.split, "max" if b.get("literal") else b.get("normalize")))
     if args.json:
         write_text_atomic(json.dumps(result, indent=2), args.json)
     return 0

@@ -60,13 +60,13 @@ def run_demo(out: str | Path, quick: bool = False, methods: list[str] | None = N
     _figure(out, methods, figure)
     extra = ""
     if "bcct" in methods:
-        _bc_figure(out, out / "bc_masks.png")
+        bc_figure(out / "runs" / "bcct" / "best.pt", out / "bc_masks.png")
         sweep = _sweep(out)
         metrics["bcct"]["delta_sweep"] = sweep
         write_text_atomic(json.dumps(metrics, indent=2), out / "metrics.json")
         extra = ("\n## BC masks (paper Fig. 3)\n\n![bc masks](bc_masks.png)\n\n"
                  "Rows: input; gradient map of the pretrained backbone alone; BC gradient map; BC mask at delta.\n\n"
-                 "## Mask validity over delta (paper Tables 2-3, test split)\n\n" + format_sweep(sweep) + "\n")
+                 "## Mask validity over delta (paper Tables 2-3, val split)\n\n" + format_sweep(sweep, "val") + "\n")
     table = format_table(metrics)
     total = round(time.time() - t_start, 1)
     write_text_atomic(_report(table, timings, total, quick, figure.name) + extra, out / "report.md")
@@ -93,8 +93,9 @@ def _figure(out: Path, methods: list[str], path: Path) -> None:
     overlay_grid(rows, path, labels)
 
 
-def _bc_figure(out: Path, path: Path) -> None:
-    """Input, pretrained-only gradient map, BC gradient map, BC mask for a few test images."""
+def bc_figure(ckpt: Path, path: Path, n: int = N_FIGURE) -> None:
+    """Paper Fig. 3 for a bcct checkpoint: input, the pretrained backbone's map (no
+    Background Image Set), the BC map and the BC mask, for ``n`` test images."""
     import torch
 
     from bcct.backbones import build_backbone
@@ -102,13 +103,13 @@ def _bc_figure(out: Path, path: Path) -> None:
     from bcct.gradient_map import pretrained_maps
     from bcct.mask import bc_mask
 
-    method, cfg, ckpt = load_method(str(out / "runs" / "bcct" / "best.pt"))
+    method, cfg, saved = load_method(str(ckpt))
     records = read_dataset(cfg.data, seed=cfg.seed).split("test")
-    picks = np.linspace(0, len(records) - 1, N_FIGURE).astype(int)
+    picks = np.unique(np.linspace(0, len(records) - 1, n).astype(int))
     ds = WSOLDataset([records[i] for i in picks], test_transform(cfg.data))
     images = torch.stack([ds[i]["image"] for i in range(len(ds))])
     b = cfg.bcct
-    trained_with = ckpt["config"]["model"]["pretrained"]  # the run's own weights (load_method set "none")
+    trained_with = saved["config"]["model"]["pretrained"]  # the run's own weights (load_method set "none")
     pretrained = build_backbone(cfg.model.backbone, trained_with).eval()
     plain = pretrained_maps(pretrained, images, b)
     maps = method.gradient_maps(images)[0]
@@ -120,7 +121,7 @@ def _sweep(out: Path) -> dict:
     from bcct.sweep import mask_sweep
 
     method, cfg, _ = load_method(str(out / "runs" / "bcct" / "best.pt"))
-    ds = WSOLDataset(read_dataset(cfg.data, seed=cfg.seed).split("test"), test_transform(cfg.data))
+    ds = WSOLDataset(read_dataset(cfg.data, seed=cfg.seed).split("val"), test_transform(cfg.data))
     return {f"{d:g}": r for d, r in mask_sweep(method, ds, workers=cfg.data.workers).items()}
 
 

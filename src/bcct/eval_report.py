@@ -161,7 +161,7 @@ def write_report(out: str | Path, run: dict) -> Path:
             f"Masks of the BC model thresholded at each delta (trained with delta {cfg.bcct.delta:g}); "
             "BC* err: share of masks whose box neither reaches IoU 0.5 with a GT box nor covers one.",
             "",
-            format_sweep(sweep),
+            format_sweep(sweep, metrics["split"], cfg.bcct.normalize),
         ]
     lines += ["", f"## Best and worst {metrics['split']} images", "",
               f"Readout `{primary}` at threshold {tau:.2f}. Green: GT box; red: the predicted box; colours: the "

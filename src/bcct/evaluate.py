@@ -16,7 +16,7 @@ from tqdm import tqdm
 from bcct import distributed
 from bcct.config import Config
 from bcct.data.dataset import WSOLDataset, collate
-from bcct.metrics import BoxCorrectness, mask_validity, summarize
+from bcct.metrics import BoxCorrectness, mask_iou50, mask_validity, summarize
 
 
 def make_loader(ds: WSOLDataset, cfg: Config, batches: list[list[int]] | None = None) -> DataLoader:
@@ -131,9 +131,10 @@ def _summarize(shares: list[dict], ds: WSOLDataset, cfg: Config, thresholds: dic
     mask_boxes = [s["mask_boxes"] for s in shares if s["mask_boxes"] is not None]
     if mask_boxes:
         boxes = to_original(np.concatenate(mask_boxes)[order], ds.image_sizes(), cfg.data.image_size)
-        validity = mask_validity(boxes, [r.boxes for r in ds.records])
+        gts = [r.boxes for r in ds.records]
+        validity, iou50 = mask_validity(boxes, gts), mask_iou50(boxes, gts)
         for res in results.values():
-            res["mask_validity"] = float(validity.mean())
+            res["mask_validity"], res["mask_iou50"] = float(validity.mean()), float(iou50.mean())
     if not detailed:
         return {"results": results}
     maps = {name: np.concatenate([s["maps"][name] for s in shares if name in s["maps"]])[order] for name in names}

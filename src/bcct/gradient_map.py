@@ -169,10 +169,23 @@ def pretrained_gradient(backbone, images: torch.Tensor) -> torch.Tensor:
     return grad
 
 
+def pretrained_gradcam(backbone, images: torch.Tensor) -> torch.Tensor:
+    """Fig. 3's second row in the ``gradcam`` reading: Grad-CAM of the squared norm of the
+    pretrained backbone's pooled features (no Background Image Set), [B,h,w]."""
+    with torch.enable_grad():
+        feats = backbone(images.detach()).detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(feats.mean(dim=(2, 3)).pow(2).sum(), feats)
+    return F.relu((grad.mean(dim=(2, 3), keepdim=True) * feats).sum(1)).detach()
+
+
 def pretrained_maps(backbone, images: torch.Tensor, b) -> torch.Tensor:
-    """Fig. 3's second row as maps in [0, 1]: :func:`pretrained_gradient` with the same
-    channel reduction and post-processing as the BC maps of BCCTConfig ``b``."""
+    """Fig. 3's second row as maps in [0, 1]: the pretrained backbone alone, read the way
+    BCCTConfig ``b`` reads the BC model (input gradient or Grad-CAM, same post-processing)."""
     if b.literal:
         b = literal(b)
-    raw = reduce_channels(pretrained_gradient(backbone, images), b.reduce)
+    if b.map == "gradcam":
+        raw = F.interpolate(pretrained_gradcam(backbone, images).unsqueeze(1), size=images.shape[-2:],
+                            mode="bilinear", align_corners=False).squeeze(1)
+    else:
+        raw = reduce_channels(pretrained_gradient(backbone, images), b.reduce)
     return postprocess(raw, backbone.stride, b.pool_cells, b.blur, b.normalize)

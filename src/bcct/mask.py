@@ -92,3 +92,18 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     if nonempty.any():
         boxes[nonempty] = masks_to_boxes(masks[nonempty]).float() + torch.tensor([0, 0, 1, 1], device=masks.device)
     return boxes
+
+
+# Cached masks (two-stage BC-CT) as one uint8 map of codes: background, foreground, ignored.
+MASK_BG, MASK_FG, MASK_IGNORE = 0, 1, 255
+
+
+def mask_codes(masks: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(bool mask, weight) [B,H,W] -> uint8 codes: background, foreground, ignored (weight 0)."""
+    codes = torch.where(masks, MASK_FG, MASK_BG).to(torch.uint8)
+    return codes.masked_fill(weight == 0, MASK_IGNORE)
+
+
+def decode_masks(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 codes -> (bool mask, float weight), the inverse of :func:`mask_codes`."""
+    return codes == MASK_FG, (codes != MASK_IGNORE).float()

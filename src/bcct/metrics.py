@@ -356,18 +356,32 @@ def _flags(values: Any, n: int, name: str) -> np.ndarray:
     return flags
 
 
+def _continuous_iou(box: np.ndarray, gts: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy box with each of [G,4] boxes, continuous coordinates (as torchvision's box_iou)."""
+    lo, hi = np.maximum(box[:2], gts[:, :2]), np.minimum(box[2:], gts[:, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+    area = np.prod(box[2:] - box[:2])
+    union = area + np.prod(gts[:, 2:] - gts[:, :2], axis=1) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def mask_iou50(mask_boxes: Any, gt_boxes: Sequence[Any]) -> np.ndarray:
+    """The strict mask score: the box of the BC mask has IoU >= 0.5 with a GT box (a
+    full-image mask, which BC* always accepts, fails it). Boxes as in :func:`mask_validity`.
+    Returns bool [N]."""
+    pred = to_numpy(mask_boxes).astype(np.float64).reshape(-1, 4)
+    return np.array([(_continuous_iou(pred[i], to_numpy(g).astype(np.float64).reshape(-1, 4)) >= IOU_THRESHOLD).any()
+                     for i, g in enumerate(gt_boxes)], dtype=bool)
+
+
 def mask_validity(mask_boxes: Any, gt_boxes: Sequence[Any]) -> np.ndarray:
     """BC* (paper 5.2, Table 2): a mask is valid when the IoU of its box with a GT box is at
     least 0.5, or its box covers that GT box whole. Boxes xyxy in the same (original pixel)
     frame, continuous coordinates. Returns bool [N]."""
-    from torchvision.ops import box_iou as tv_box_iou
-    import torch
-
-    pred = torch.as_tensor(to_numpy(mask_boxes), dtype=torch.float64).reshape(-1, 4)
+    pred = to_numpy(mask_boxes).astype(np.float64).reshape(-1, 4)
     valid = np.zeros(len(pred), dtype=bool)
     for i, gt in enumerate(gt_boxes):
-        g = torch.as_tensor(to_numpy(gt), dtype=torch.float64).reshape(-1, 4)
-        iou = tv_box_iou(pred[i : i + 1], g)[0]
+        g = to_numpy(gt).astype(np.float64).reshape(-1, 4)
         covers = (pred[i, :2] <= g[:, :2]).all(1) & (pred[i, 2:] >= g[:, 2:]).all(1)
-        valid[i] = bool(((iou >= IOU_THRESHOLD) | covers).any())
+        valid[i] = bool(((_continuous_iou(pred[i], g) >= IOU_THRESHOLD) | covers).any())
     return valid

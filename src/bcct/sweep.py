@@ -15,7 +15,7 @@ from bcct.data.dataset import WSOLDataset, collate
 from bcct.errors import BadInput
 from bcct.evaluate import to_original
 from bcct.mask import bc_mask, mask_boxes
-from bcct.metrics import mask_validity
+from bcct.metrics import mask_iou50, mask_validity
 
 DELTAS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 
@@ -26,14 +26,28 @@ def mask_sweep(method, ds: WSOLDataset, deltas=DELTAS, batch_size: int = 64, wor
     fraction of the image}} for the masks the BC model gives at each delta."""
     if not hasattr(method, "gradient_maps"):
         raise BadInput(f"method {method.name!r} has no BC model; the delta sweep needs a bcct checkpoint")
-    from torchvision.ops import box_iou
-
     device = next(method.parameters()).device
-    size = method.cfg.data.image_size
+    return maps_sweep(lambda x: method.gradient_maps(x.to(device))[0], ds, method.cfg.data.image_size,
+                      deltas, batch_size, workers)
+
+
+def pretrained_sweep(cfg, ds: WSOLDataset, deltas=DELTAS, batch_size: int = 64, workers: int = 0) -> dict:
+    """The same sweep for the pretrained backbone alone, no Background Image Set (paper Fig. 3,
+    row 2), read as ``cfg.bcct`` reads the BC model (:func:`bcct.gradient_map.pretrained_maps`)."""
+    from bcct.backbones import build_backbone
+    from bcct.gradient_map import pretrained_maps
+
+    backbone = build_backbone(cfg.model.backbone, cfg.model.pretrained).eval()
+    return maps_sweep(lambda x: pretrained_maps(backbone, x, cfg.bcct), ds, cfg.data.image_size, deltas, batch_size,
+                      workers)
+
+
+def maps_sweep(maps_of, ds: WSOLDataset, size: int, deltas=DELTAS, batch_size: int = 64, workers: int = 0) -> dict:
+    """:func:`mask_sweep` for any ``maps_of(images) -> [B,H,W] maps in [0, 1]``."""
     boxes = {d: [] for d in deltas}
     areas = {d: [] for d in deltas}
     for batch in DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate):
-        maps = method.gradient_maps(batch["image"].to(device))[0]
+        maps = maps_of(batch["image"]).detach()
         for d in deltas:
             m = bc_mask(maps, d)
             boxes[d].append(mask_boxes(m).cpu().numpy())
@@ -42,13 +56,12 @@ def mask_sweep(method, ds: WSOLDataset, deltas=DELTAS, batch_size: int = 64, wor
     out = {}
     for d in deltas:
         b = to_original(np.concatenate(boxes[d]), sizes, size)
-        iou50 = [box_iou(torch.as_tensor(b[i : i + 1]), torch.as_tensor(g)).max().item() >= 0.5 for i, g in enumerate(gts)]
-        out[d] = {"mask_validity": float(mask_validity(b, gts).mean()), "mask_iou50": float(np.mean(iou50)),
+        out[d] = {"mask_validity": float(mask_validity(b, gts).mean()), "mask_iou50": float(mask_iou50(b, gts).mean()),
                   "mask_area": float(np.concatenate(areas[d]).mean())}
     return out
 
 
-def run_sweep(ckpt_path: str, deltas, data: str | None = None, split: str = "test", train_out: str | None = None) -> dict:
+def run_sweep(ckpt_path: str, deltas, data: str | None = None, split: str = "val", train_out: str | None = None) -> dict:
     """The mask sweep of a bcct checkpoint; with ``train_out``, BC-CT retrained per delta too."""
     from pathlib import Path
 
@@ -74,14 +87,23 @@ def run_sweep(ckpt_path: str, deltas, data: str | None = None, split: str = "tes
     return result
 
 
-def format_sweep(sweep: dict) -> str:
-    """Markdown like the paper's Table 3 (errors in percent) plus mask statistics."""
+def format_sweep(sweep: dict, split: str = "val", normalize: str | None = None) -> str:
+    """Markdown like the paper's Table 3 (errors in percent) plus mask statistics. A sweep on
+    the test split is labelled ORACLE: read it, never choose delta from it. ``normalize``
+    (the map scale) adds what each delta means on Eq. 2's raw scale (x max G)."""
+    from bcct.gradient_map import raw_delta
+
     trained = any("top1_loc" in r for r in sweep.values())
-    head = "| delta | BC* err | mask box IoU>=0.5 | mask area |" + (" top-1 loc err | top-5 loc err |" if trained else "")
+    raw = normalize is not None and raw_delta(1.0, normalize) is not None
+    head = ("| delta |" + (" raw (x max G) |" if raw else "") + " BC* err | mask box IoU>=0.5 | mask area |"
+            + (" top-1 loc err | top-5 loc err |" if trained else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for d, r in sweep.items():
-        row = f"| {d} | {100 * (1 - r['mask_validity']):.2f} | {100 * r['mask_iou50']:.1f} | {100 * r['mask_area']:.1f} |"
+        row = f"| {d} |" + (f" {raw_delta(float(d), normalize):.3g} |" if raw else "")
+        row += f" {100 * (1 - r['mask_validity']):.2f} | {100 * r['mask_iou50']:.1f} | {100 * r['mask_area']:.1f} |"
         if trained:
             row += f" {100 * (1 - r['top1_loc']):.2f} | {100 * (1 - r['top5_loc']):.2f} |"
         lines.append(row)
+    if split == "test":
+        lines.insert(0, "ORACLE: this sweep is on the test split; choose delta on val (`--split val`), never here.\n")
     return "\n".join(lines)

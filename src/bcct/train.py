@@ -259,7 +259,9 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
             best_val, thresholds = best["val"], best["thresholds"]
             best_score = _score(best_val, best["epoch"], cfg.eval.select)
 
+    t_prepare = time.time()
     prep_stats = method.prepare(train_ds, folder, device, progress)
+    t_prepare = round(time.time() - t_prepare, 2)
     model = distributed.wrap(method, device)  # DDP (rank 0's weights to all) or the plain step
 
     log_path = out_dir / "metrics.jsonl"
@@ -269,7 +271,7 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
         _truncate_log(log_path, start_epoch if resumed else None)
         if prep_stats:
             with open(log_path, "a") as fh:
-                fh.write(json.dumps({"epoch": -1, "prepare": prep_stats}) + "\n")
+                fh.write(json.dumps({"epoch": -1, "prepare": prep_stats, "time_s": t_prepare}) + "\n")
 
     def save_last(epoch: int, step: int, meter: Averages) -> None:
         """last.pt mid-epoch: every process's random state and partial logs go with it."""

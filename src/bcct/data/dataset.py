@@ -25,9 +25,10 @@ class WSOLDataset(Dataset):
         self.transform = transform
         self.with_targets = with_targets
         self._sizes: list[tuple[int, int]] | None = None
-        # Per-image cached supervision maps (uint8 [h,w], any size), e.g. BC gradient maps in
-        # two-stage BC-CT: resized to the image and transformed with it as a tv_tensors.Mask.
-        self.cached_maps: list[torch.Tensor] | None = None
+        # Per-image cached supervision masks (uint8 label codes [h,w], any size), e.g. BC masks
+        # in two-stage BC-CT: resized to the image (nearest neighbour) and transformed with it
+        # as a tv_tensors.Mask.
+        self.cached_masks: list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -58,11 +59,10 @@ class WSOLDataset(Dataset):
             if rec.mask_path is not None:
                 mask = np.asarray(Image.open(rec.mask_path).convert("L").resize(img.size)) > 127
                 item["mask"] = tv_tensors.Mask(torch.from_numpy(mask))
-        if self.cached_maps is not None:
-            cached = self.cached_maps[index][None].float()
-            cached = torch.nn.functional.interpolate(cached[None], size=(img.height, img.width), mode="bilinear",
-                                                     align_corners=False)[0, 0]
-            item["cached_map"] = tv_tensors.Mask(cached.round().to(torch.uint8))
+        if self.cached_masks is not None:
+            cached = self.cached_masks[index][None, None].float()
+            cached = torch.nn.functional.interpolate(cached, size=(img.height, img.width), mode="nearest")[0, 0]
+            item["cached_mask"] = tv_tensors.Mask(cached.to(torch.uint8))
         item = self.transform(item)
         item["label"] = rec.label
         item["index"] = index
@@ -79,6 +79,6 @@ def collate(items: list[dict]) -> dict:
     for key in ("boxes", "mask"):
         if all(key in it for it in items):
             batch[key] = [it[key] for it in items]
-    if all("cached_map" in it for it in items):
-        batch["cached_map"] = torch.stack([it["cached_map"].as_subclass(torch.Tensor) for it in items])
+    if all("cached_mask" in it for it in items):
+        batch["cached_mask"] = torch.stack([it["cached_mask"].as_subclass(torch.Tensor) for it in items])
     return batch

@@ -22,7 +22,7 @@ from bcct.bc_model import BCModel, bc_loss
 from bcct.config import Config
 from bcct.ct_model import CTModel
 from bcct.gradient_map import bc_maps
-from bcct.mask import bc_mask, mask_boxes, threshold
+from bcct.mask import bc_mask, decode_masks, mask_boxes, threshold
 from bcct.methods.base import Method, register
 
 
@@ -99,13 +99,13 @@ class BCCT(Method):
     def prepare(self, train_ds, background_folder, device, progress: bool = True) -> dict | None:
         if self.cfg.bcct.mode != "two_stage":
             return None
-        from bcct.two_stage import cache_gradient_maps, train_bc
+        from bcct.two_stage import cache_masks, train_bc
 
         stats = None
         if not bool(self.bc_ready):
             stats = train_bc(self, train_ds, background_folder, device, progress)
             self.bc_ready.fill_(True)
-        train_ds.cached_maps = cache_gradient_maps(self, train_ds, device)
+        train_ds.cached_masks = cache_masks(self, train_ds, device)
         return stats
 
     # -- one training step -------------------------------------------------------------
@@ -114,8 +114,8 @@ class BCCT(Method):
         b = self.cfg.bcct
         logs = {}
         loss = torch.zeros((), device=images.device)
-        if "cached_map" in batch:  # two-stage: maps cached per image, transformed with it
-            m, weight = self.masks(batch["cached_map"].float() / 255)
+        if "cached_mask" in batch:  # two-stage: whole-image masks cached, transformed with the image
+            m, weight = decode_masks(batch["cached_mask"])
         else:  # end-to-end (paper 4.2): BC learns on this batch and masks come from it
             maps, target_feats, _ = self.gradient_maps(images)
             with torch.no_grad():

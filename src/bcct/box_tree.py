@@ -21,9 +21,12 @@ V2 (``multi_contour_eval``) scores every contour box, holes included.  V1 scores
 contour of largest ``contourArea``.  Holes fill the outer polygon: with ``f`` the window
 area of the component's own pixels, a hole ``H`` (box ``w x h`` pixels) adds between
 ``|H|`` and ``(w + 1)(h + 1)``, and a hole contour's own area is at most ``(w + 1)(h + 1)``.
-A cut-off's V1 IoU is decided when every contour whose area bound reaches the largest
-lower bound has the same IoU (in particular when only one does: the usual case); the
-other cells are flagged and bcct.metrics runs ``findContours`` for them alone.
+Without holes the areas are exact and all contours are top-level, which findContours
+lists in reverse raster order of their first pixel: ties go to the latest.  With holes, a
+cut-off's V1 IoU is decided when every contour whose area bound reaches the largest lower
+bound has the same IoU (in particular when only one does: the usual case); the other
+cells (ties or near-ties next to holes, where the order depends on the nesting) are
+flagged and bcct.metrics runs ``findContours`` for them alone.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def _find(parent, p):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _best_iou(x0, y0, x1, y1, gt):
+def best_iou(x0, y0, x1, y1, gt):
     """Max over GT boxes of the inclusive (+1) IoU, 0 for a non-positive union (as wsolevaluation)."""
     best = 0.0
     area = (x1 - x0 + 1) * (y1 - y0 + 1)
@@ -201,8 +204,10 @@ def image_cut_ious(q, gt, need, gain_table, v1, v2, amb):
     h_npix = np.empty(cap, np.int64)
     h_hi = np.empty(cap, np.int64)
     h_iou = np.empty(cap, np.float64)
-    h_start = np.zeros(N_CUTS + 1, np.int64)
+    h_start = np.zeros(N_CUTS, np.int64)  # holes of cut-off c: h_start[c] <= h < h_stop[c]
+    h_stop = np.zeros(N_CUTS, np.int64)
     n_holes = 0
+    recorded = -1  # last cut-off whose holes were recorded
     label[:] = -1
     nroots = 0
     ncomp = 0
@@ -218,24 +223,30 @@ def image_cut_ious(q, gt, need, gain_table, v1, v2, amb):
             border = 1 if (x == 0 or y == 0 or x == width - 1 or y == height - 1) else 0
             nroots, ncomp = _add_pixel(label, cpar, st, p, x, y, neighbours, m, border, roots, rootpos, nroots,
                                        ncomp)
+        if not need[v]:
+            continue
+        if recorded >= 0 and starts[recorded + 1] == starts[v + 1]:  # same background as then
+            h_start[v] = h_start[recorded]
+            h_stop[v] = h_stop[recorded]
+            continue
+        recorded = v
         h_start[v] = n_holes
-        if need[v]:
-            for i in range(nroots):
-                r = roots[i]
-                if st[r, EXTRA] != 0:  # reaches the border: not a hole
-                    continue
-                if n_holes == h_first.size:
-                    h_first = _grow(h_first, n_holes)
-                    h_npix = _grow(h_npix, n_holes)
-                    h_hi = _grow(h_hi, n_holes)
-                    h_iou = _grow(h_iou, n_holes)
-                h_first[n_holes] = st[r, FIRST]
-                h_npix[n_holes] = st[r, SIZE]
-                h_hi[n_holes] = (st[r, X1] - st[r, X0] + 2) * (st[r, Y1] - st[r, Y0] + 2)
-                h_iou[n_holes] = _best_iou(st[r, X0] - 1, st[r, Y0] - 1, min(st[r, X1] + 2, width - 1),
-                                           min(st[r, Y1] + 2, height - 1), gt)
-                n_holes += 1
-        h_start[v + 1] = n_holes
+        for i in range(nroots):
+            r = roots[i]
+            if st[r, EXTRA] != 0:  # reaches the border: not a hole
+                continue
+            if n_holes == h_first.size:
+                h_first = _grow(h_first, n_holes)
+                h_npix = _grow(h_npix, n_holes)
+                h_hi = _grow(h_hi, n_holes)
+                h_iou = _grow(h_iou, n_holes)
+            h_first[n_holes] = st[r, FIRST]
+            h_npix[n_holes] = st[r, SIZE]
+            h_hi[n_holes] = (st[r, X1] - st[r, X0] + 2) * (st[r, Y1] - st[r, Y0] + 2)
+            h_iou[n_holes] = best_iou(st[r, X0] - 1, st[r, Y0] - 1, min(st[r, X1] + 2, width - 1),
+                                      min(st[r, Y1] + 2, height - 1), gt)
+            n_holes += 1
+        h_stop[v] = n_holes
 
     # Foreground sweep, 8-connectivity, from the top value down.
     lo = np.empty(n, np.int64)
@@ -244,7 +255,8 @@ def image_cut_ious(q, gt, need, gain_table, v1, v2, amb):
     label[:] = -1
     nroots = 0
     ncomp = 0
-    empty_iou = _best_iou(0, 0, 0, 0, gt)
+    empty_iou = best_iou(0, 0, 0, 0, gt)
+    evaluated = -1  # last cut-off evaluated
     for v in range(N_CUTS - 1, 0, -1):  # after value v the foreground is q > v - 1
         for k in range(starts[v], starts[v + 1]):
             p = order[k]
@@ -266,6 +278,12 @@ def image_cut_ious(q, gt, need, gain_table, v1, v2, amb):
         c = v - 1
         if not need[c]:
             continue
+        if evaluated >= 0 and starts[evaluated + 1] == starts[v]:  # same foreground as then
+            v1[c] = v1[evaluated]
+            v2[c] = v2[evaluated]
+            amb[c] = amb[evaluated]
+            continue
+        evaluated = c
         if nroots == 0:
             v1[c] = empty_iou
             v2[c] = empty_iou
@@ -274,12 +292,12 @@ def image_cut_ious(q, gt, need, gain_table, v1, v2, amb):
         best2 = 0.0
         for i in range(nroots):
             r = roots[i]
-            riou[r] = _best_iou(st[r, X0], st[r, Y0], min(st[r, X1] + 1, width - 1),
+            riou[r] = best_iou(st[r, X0], st[r, Y0], min(st[r, X1] + 1, width - 1),
                                 min(st[r, Y1] + 1, height - 1), gt)
             lo[r] = st[r, EXTRA]
             hi[r] = st[r, EXTRA]
             best2 = max(best2, riou[r])
-        for h in range(h_start[c], h_start[c + 1]):
+        for h in range(h_start[c], h_stop[c]):
             o = _find(cpar, label[h_first[h] - 1])  # left of the hole's first pixel: its enclosing component
             lo[o] += 2 * h_npix[h]
             hi[o] += 2 * h_hi[h]
@@ -290,16 +308,26 @@ def image_cut_ious(q, gt, need, gain_table, v1, v2, amb):
             max_lo = max(max_lo, lo[roots[i]])
         chosen = -1.0
         ambiguous = False
-        for i in range(nroots):
-            r = roots[i]
-            if hi[r] >= max_lo:
-                if chosen < 0:
+        if h_start[c] == h_stop[c]:
+            # No hole: areas are exact and every contour is top-level; findContours lists
+            # those in reverse raster order of their first pixel, and max() keeps the first.
+            latest = -1
+            for i in range(nroots):
+                r = roots[i]
+                if lo[r] == max_lo and st[r, FIRST] > latest:
+                    latest = st[r, FIRST]
                     chosen = riou[r]
-                elif riou[r] != chosen:
+        else:
+            for i in range(nroots):
+                r = roots[i]
+                if hi[r] >= max_lo:
+                    if chosen < 0:
+                        chosen = riou[r]
+                    elif riou[r] != chosen:
+                        ambiguous = True
+            for h in range(h_start[c], h_stop[c]):
+                if 2 * h_hi[h] >= max_lo and h_iou[h] != chosen:
                     ambiguous = True
-        for h in range(h_start[c], h_start[c + 1]):
-            if 2 * h_hi[h] >= max_lo and h_iou[h] != chosen:
-                ambiguous = True
         v1[c] = chosen
         amb[c] = ambiguous
 

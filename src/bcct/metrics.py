@@ -33,7 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bcct.box_tree import N_CUTS, batch_cut_ious
+from bcct.box_tree import N_CUTS, batch_cut_ious, best_iou
 
 from bcct.boxes import (
     RESIZE,
@@ -81,9 +81,12 @@ def cut_ious(quantised: np.ndarray, gt_boxes: Sequence[np.ndarray], need: np.nda
     v2 = np.zeros((n, N_CUTS))
     undecided = np.zeros((n, N_CUTS), dtype=bool)
     batch_cut_ious(np.ascontiguousarray(quantised), gts, n_gt, np.ascontiguousarray(need), v1, v2, undecided)
-    for i, cut in zip(*np.nonzero(undecided)):
-        boxes, k = contour_boxes(quantised[i] > int(cut))
-        v1[i, cut] = box_iou(boxes[k : k + 1], gt_boxes[i]).max()
+    height, width = quantised.shape[1:]
+    for i, cut in np.argwhere(undecided).tolist():
+        binary = (quantised[i] > cut).view(np.uint8)
+        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+        x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
+        v1[i, cut] = best_iou(x, y, min(x + w, width - 1), min(y + h, height - 1), gts[i, : n_gt[i]])
     return v1, v2
 
 

@@ -34,11 +34,8 @@ import cv2
 import numpy as np
 
 from bcct.box_tree import N_CUTS, batch_cut_ious, best_iou
-
 from bcct.boxes import (
     RESIZE,
-    box_iou,
-    contour_boxes,
     cutoffs,
     prepare_scoremap,
     quantise,

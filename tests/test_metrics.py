@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from bcct.boxes import RESIZE
+from bcct.boxes import RESIZE, prepare_scoremap
 from bcct.metrics import (
     BoxCorrectness,
     choose_threshold,
@@ -226,6 +226,45 @@ def test_pxap_agrees_with_reference():
     evaluator.add(maps, boxes, image_sizes, masks)
     expected = ref.pxap(maps, masks, thresholds)
     assert summarize(evaluator, np.ones(10), np.ones(10))["pxap"] == pytest.approx(expected, abs=1e-12)
+
+
+def reference_cells(maps, gt_boxes, thresholds, size):
+    """float32 ``[N, T]`` V1 and V2 IoUs of the former evaluator (one findContours per distinct binary map)."""
+    rows = [ref.grouped_image_ious(prepare_scoremap(m, size), np.asarray(g), thresholds) for m, g in zip(maps, gt_boxes)]
+    return np.float32([r[0] for r in rows]), np.float32([r[1] for r in rows])
+
+
+@pytest.mark.parametrize(
+    "n_maps, sizes, frame, noise, seed",
+    [
+        (2000, (5, 7, 9, 14, 20, 28), None, True, 11),  # scored in their own frame: every structure survives
+        (60, (7, 14, 28), RESIZE, True, 12),  # bicubic-resized to 224 first, as in evaluation
+        (16, (224,), RESIZE, False, 13),
+    ],
+)
+def test_every_cell_matches_contour_reference_on_hard_maps(n_maps, sizes, frame, noise, seed):
+    """The component tree gives the former evaluator's V1 and V2 IoU in every image x
+    threshold cell (0.001 grid) of hard maps: noise, plateaus, rings and holes, lines,
+    diagonals, area ties, border contact, constant maps, smooth maps."""
+    maps, gt_boxes, image_sizes = ref.hard_maps(np.random.default_rng(seed), n_maps, sizes, noise)
+    thresholds = threshold_grid(0.001)
+    cells = 0
+    for s in sizes:
+        idx = [i for i, m in enumerate(maps) if m.shape[0] == s]
+        size = frame or s
+        group_maps = [maps[i] for i in idx]
+        group_gt = [ref_scaled(gt_boxes[i], image_sizes[i], size) for i in idx]
+        evaluator = BoxCorrectness(thresholds, size=size, workers=2)
+        evaluator.add(group_maps, [gt_boxes[i] for i in idx], [image_sizes[i] for i in idx])
+        v1, v2 = reference_cells(group_maps, group_gt, thresholds, size)
+        np.testing.assert_array_equal(evaluator.iou_v1, v1, err_msg=f"V1, maps of {s}x{s}")
+        np.testing.assert_array_equal(evaluator.iou_v2, v2, err_msg=f"V2, maps of {s}x{s}")
+        cells += v1.size
+    assert cells == n_maps * len(thresholds)
+
+
+def ref_scaled(boxes, image_size, size):
+    return np.array([ref.resized_box(b, image_size) for b in boxes]) if size == RESIZE else np.asarray(boxes)
 
 
 def test_mask_iou50_and_bc_star_by_hand():

@@ -1,5 +1,9 @@
 """Plain per-threshold restatement of the wsolevaluation protocol (Choe et al., CVPR 2020).
 
+Also keeps bcct's former evaluator, :func:`grouped_image_ious` (one ``findContours`` per
+distinct binary map), as the cell-by-cell reference of the component-tree evaluator, and
+:func:`hard_maps`, score maps built to be hard for it.
+
 Written from reading clovaai/wsolevaluation (``inference.normalize_scoremap``,
 ``evaluation.compute_bboxes_from_scoremaps``, ``BoxEvaluator``,
 ``MaskEvaluator``) and deliberately unoptimised: one ``cv2.threshold`` +
@@ -13,6 +17,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from bcct.boxes import QUANT_MAX, box_iou, contour_boxes, cutoffs, quantise
 
 SIZE = 224
 
@@ -133,3 +139,91 @@ def random_smooth_maps(rng: np.random.Generator, n: int, resolution: int):
         gt_boxes.append(np.array(boxes))
         image_sizes.append((width, height))
     return maps, gt_boxes, image_sizes
+
+
+def grouped_image_ious(map01: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray):
+    """Best V1 and V2 IoU ``([T], [T])`` of one prepared map: bcct's evaluator before the
+    component tree.  Thresholds are grouped by the binary map they produce (the set of
+    quantised values above the cut-off) and contours are extracted once per group."""
+    quantised = quantise(map01)
+    cuts = cutoffs(thresholds, int(quantised.max()))
+    present = np.bincount(quantised.ravel(), minlength=QUANT_MAX + 1) > 0
+    n_values_at_or_below = np.cumsum(present)[cuts]
+    _, first, inverse = np.unique(n_values_at_or_below, return_index=True, return_inverse=True)
+
+    group_boxes, largest = [], []
+    for cut in cuts[first].tolist():  # Python ints: a numpy int64 would upcast the uint8 map
+        boxes, k = contour_boxes(quantised > cut)
+        group_boxes.append(boxes)
+        largest.append(k)
+    starts = np.cumsum([0] + [len(b) for b in group_boxes[:-1]])
+    best_over_gt = box_iou(np.concatenate(group_boxes), gt_boxes).max(axis=1)
+    v1 = best_over_gt[starts + np.asarray(largest)]
+    v2 = np.maximum.reduceat(best_over_gt, starts)
+    return v1[inverse], v2[inverse]
+
+
+def _shapes(rng: np.random.Generator, s: int) -> np.ndarray:
+    """Rectangles, rings (with holes, some nested), 1-pixel lines and diagonals on plateaus,
+    some touching the border; a few shapes repeated at the same value (area ties)."""
+    cam = np.full((s, s), rng.choice([0.0, rng.random()]))
+    for _ in range(int(rng.integers(1, 7))):
+        x0, y0 = (int(v) for v in rng.integers(0, s, 2))
+        w, h = (int(v) for v in rng.integers(1, max(2, s // 2), 2))
+        value = float(rng.choice([1.0, 0.5, rng.random()]))
+        kind = int(rng.integers(0, 5))
+        if kind == 0:
+            cam[y0 : y0 + h, x0 : x0 + w] = value
+        elif kind == 1:  # ring, possibly with a dimmer core
+            cam[y0 : y0 + h, x0 : x0 + w] = value
+            t = int(rng.integers(1, 3))
+            cam[y0 + t : y0 + h - t, x0 + t : x0 + w - t] = rng.random() * value
+        elif kind == 2:  # thin horizontal / vertical line
+            if rng.random() < 0.5:
+                cam[y0, x0 : x0 + w] = value
+            else:
+                cam[y0 : y0 + h, x0] = value
+        elif kind == 3:  # diagonal (8-connected only) or a checkerboard patch
+            n = min(w, s - x0, s - y0)
+            if rng.random() < 0.5:
+                cam[y0 + np.arange(n), x0 + np.arange(n)] = value
+            else:
+                yy, xx = np.mgrid[y0 : y0 + h, x0 : x0 + w]
+                patch = cam[y0 : y0 + h, x0 : x0 + w]
+                patch[((yy + xx) % 2 == 0)[: patch.shape[0], : patch.shape[1]]] = value
+        else:  # two copies of one shape at the same value: equal contour areas
+            w, h = min(w, s // 2), min(h, s // 2)
+            cam[:h, :w] = value
+            cam[s - h :, s - w :] = value
+            if w > 2 and h > 2 and rng.random() < 0.5:
+                cam[1 : h - 1, 1 : w - 1] = 0
+    return cam
+
+
+def hard_maps(rng: np.random.Generator, n: int, sizes=(5, 7, 9, 14, 20, 28), noise: bool = True):
+    """``(maps, gt_boxes, image_sizes)``: ``n`` float64 maps hard for contour-derived boxes
+    (noise at few levels, plateaus, rings and holes, lines, diagonals, area ties, border
+    contact, constant maps, smooth maps) at random ``sizes``, 1-3 GT boxes in the map's
+    own frame (``image_sizes`` = the map size).  ``noise=False`` leaves out the noise maps
+    (thousands of contours per cut-off at 224x224, slow for the reference)."""
+    maps, gt_boxes = [], []
+    for _ in range(n):
+        s = int(rng.choice(sizes))
+        kind = int(rng.integers(0 if noise else 3, 7))
+        if kind == 0:  # noise, few levels
+            cam = rng.integers(0, int(rng.integers(2, 6)), (s, s)) / 4.0
+        elif kind == 1:  # sparse binary noise
+            cam = (rng.random((s, s)) < rng.uniform(0.2, 0.8)).astype(np.float64)
+        elif kind == 2:
+            cam = rng.random((s, s))
+        elif kind == 3:
+            cam = np.full((s, s), rng.random())
+        elif kind == 4:  # smooth
+            cam = cv2.resize(rng.random((int(rng.integers(2, 5)),) * 2), (s, s), interpolation=cv2.INTER_CUBIC)
+        else:
+            cam = _shapes(rng, s)
+        boxes = rng.integers(0, s, (int(rng.integers(1, 4)), 4))
+        boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2])
+        maps.append(cam.astype(np.float64))
+        gt_boxes.append(boxes)
+    return maps, gt_boxes, [(int(m.shape[1]), int(m.shape[0])) for m in maps]

@@ -8,6 +8,8 @@ process returns them. Rank 0 holds all rows (ILSVRC at threshold_step 0.001: ~36
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -16,7 +18,7 @@ from tqdm import tqdm
 from bcct import distributed
 from bcct.config import Config
 from bcct.data.dataset import WSOLDataset, collate
-from bcct.metrics import BoxCorrectness, mask_iou50, mask_validity, summarize
+from bcct.metrics import BoxCorrectness, default_workers, mask_iou50, mask_validity, summarize
 
 
 def make_loader(ds: WSOLDataset, cfg: Config, batches: list[list[int]] | None = None) -> DataLoader:
@@ -74,9 +76,11 @@ def correctness(pred: dict, ds: WSOLDataset, cfg: Config) -> dict[str, BoxCorrec
     sizes = [all_sizes[i] for i in index]
     boxes = [ds.records[i].boxes for i in index]
     thresholds = np.arange(0, 1, cfg.eval.threshold_step)
+    # maps are scored on threads over this process's cores, shared with its node's other ranks
+    workers = max(1, default_workers() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     out = {}
     for name, maps in pred["maps"].items():
-        corr = BoxCorrectness(thresholds=thresholds)
+        corr = BoxCorrectness(thresholds=thresholds, workers=workers)
         corr.add(maps, boxes, sizes)
         out[name] = corr
     return out

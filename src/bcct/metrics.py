@@ -13,27 +13,29 @@ Methods Right", CVPR 2020 (clovaai/wsolevaluation ``BoxEvaluator`` and
 * PxAP: area under the pixel precision-recall curve built from per-threshold
   histograms of GT-foreground and GT-background scores.
 
-Instead of re-running ``findContours`` for every threshold of the grid, each
-image is processed once per *distinct* binary map: thresholds only act through
-the integer cut-off ``int(tau * 255)`` and two cut-offs with no quantised pixel
-value between them give the same binary map.  The per-image IoUs are then
-gathered back onto the threshold grid, so the results are identical to the
-per-threshold loop of wsolevaluation.
+Thresholds only act through the integer cut-off ``int(tau * 255)``, and the
+foreground sets of successive cut-offs are nested: instead of one
+``findContours`` per threshold, :mod:`bcct.box_tree` derives every contour box of
+every cut-off from one component-tree pass per map (``findContours`` only runs
+for the rare cut-offs where the largest contour cannot be told from the tree),
+and the per-cut-off IoUs are gathered back onto the threshold grid.  The
+results are identical to the per-threshold loop of wsolevaluation.  Maps are
+scored on all the cores the process may use (threads; ``workers`` to change).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cv2
 import numpy as np
 
+from bcct.box_tree import N_CUTS, batch_cut_ious, best_iou
 from bcct.boxes import (
-    QUANT_MAX,
     RESIZE,
-    box_iou,
-    contour_boxes,
     cutoffs,
     prepare_scoremap,
     quantise,
@@ -52,33 +54,86 @@ def threshold_grid(step: float = 0.01) -> np.ndarray:
     return np.arange(0, 1, step)
 
 
+def default_workers() -> int:
+    """Cores this process may use (the evaluator's default thread count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def cut_ious(quantised: np.ndarray, gt_boxes: Sequence[np.ndarray], need: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best V1 and V2 IoU ``([N, 256], [N, 256])`` of uint8 maps ``[N, H, W]`` at every cut-off
+    ``c`` with ``need[n, c]`` (other entries are meaningless).
+
+    All cut-offs of a map come from one component-tree pass (:mod:`bcct.box_tree`); the
+    (rare) V1 cells the tree cannot decide run ``findContours`` on that binary map alone.
+    """
+    n = len(quantised)
+    n_gt = np.array([len(g) for g in gt_boxes], dtype=np.int64)
+    gts = np.zeros((n, max(1, int(n_gt.max(initial=1))), 4), dtype=np.int64)
+    for i, g in enumerate(gt_boxes):
+        gts[i, : len(g)] = g
+    v1 = np.zeros((n, N_CUTS))
+    v2 = np.zeros((n, N_CUTS))
+    undecided = np.zeros((n, N_CUTS), dtype=bool)
+    batch_cut_ious(np.ascontiguousarray(quantised), gts, n_gt, np.ascontiguousarray(need), v1, v2, undecided)
+    height, width = quantised.shape[1:]
+    for i, cut in np.argwhere(undecided).tolist():
+        binary = (quantised[i] > cut).view(np.uint8)
+        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+        x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
+        v1[i, cut] = best_iou(x, y, min(x + w, width - 1), min(y + h, height - 1), gts[i, : n_gt[i]])
+    return v1, v2
+
+
+def _score_chunk(maps: Sequence[Any], gt_boxes: Sequence[np.ndarray], thresholds: np.ndarray, size: int):
+    """``(v1, v2)`` ``[n, T]`` for already scaled GT boxes: prepare, quantise, one tree pass per map."""
+    quantised = np.stack([quantise(prepare_scoremap(m, size)) for m in maps])
+    cuts = np.stack([cutoffs(thresholds, int(q.max())) for q in quantised])
+    need = np.zeros((len(maps), N_CUTS), dtype=bool)
+    np.put_along_axis(need, cuts, True, axis=1)
+    v1, v2 = cut_ious(quantised, gt_boxes, need)
+    return np.take_along_axis(v1, cuts, axis=1), np.take_along_axis(v2, cuts, axis=1)
+
+
+def score_maps(
+    maps: Sequence[Any], gt_boxes: Sequence[np.ndarray], thresholds: np.ndarray, size: int = RESIZE,
+    workers: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best V1 and V2 IoU ``([N, T], [N, T])`` float64 of raw score maps against GT boxes in
+    the ``size`` frame, exactly wsolevaluation's per-threshold numbers.
+
+    ``workers > 1`` splits the maps over threads (the tree pass, the resize and most numpy
+    steps release the GIL).
+    """
+    n = len(maps)
+    if n == 0:
+        return np.zeros((0, len(thresholds))), np.zeros((0, len(thresholds)))
+    workers = max(1, min(int(workers), n // 8 or 1))
+    if workers == 1:
+        return _score_chunk(maps, gt_boxes, thresholds, size)
+    bounds = np.linspace(0, n, workers + 1).astype(int)
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(lambda ab: _score_chunk(maps[ab[0] : ab[1]], gt_boxes[ab[0] : ab[1]], thresholds, size),
+                              zip(bounds[:-1], bounds[1:])))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def image_ious(
     map01: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Best V1 and V2 IoU of one prepared map at every threshold, ``([T], [T])`` float64.
 
-    ``gt_boxes`` are already in the 224 frame.  V1 scores the largest contour's
-    box, V2 the best pair over all contour boxes and GT boxes; both take the
-    max over GT boxes.  Thresholds are grouped by the binary map they produce
-    (the set of quantised values above the cut-off), and contours are
-    extracted once per group.
+    ``gt_boxes`` are already in the map's frame.  V1 scores the largest contour's box, V2
+    the best pair over all contour boxes and GT boxes; both take the max over GT boxes.
     """
-    quantised = quantise(map01)
+    quantised = quantise(map01)[None]
     cuts = cutoffs(thresholds, int(quantised.max()))
-    present = np.bincount(quantised.ravel(), minlength=QUANT_MAX + 1) > 0
-    n_values_at_or_below = np.cumsum(present)[cuts]
-    _, first, inverse = np.unique(n_values_at_or_below, return_index=True, return_inverse=True)
-
-    group_boxes, largest = [], []
-    for cut in cuts[first].tolist():  # Python ints: a numpy int64 would upcast the uint8 map
-        boxes, k = contour_boxes(quantised > cut)
-        group_boxes.append(boxes)
-        largest.append(k)
-    starts = np.cumsum([0] + [len(b) for b in group_boxes[:-1]])
-    best_over_gt = box_iou(np.concatenate(group_boxes), gt_boxes).max(axis=1)
-    v1 = best_over_gt[starts + np.asarray(largest)]
-    v2 = np.maximum.reduceat(best_over_gt, starts)
-    return v1[inverse], v2[inverse]
+    need = np.zeros((1, N_CUTS), dtype=bool)
+    need[0, cuts] = True
+    v1, v2 = cut_ious(quantised, [np.asarray(gt_boxes).reshape(-1, 4)], need)
+    return v1[0, cuts], v2[0, cuts]
 
 
 def prepare_mask(mask: Any, size: int = RESIZE) -> np.ndarray:
@@ -143,7 +198,7 @@ class BoxCorrectness:
     :func:`iou_hits`).  Rows are kept in the order images were added.
     """
 
-    def __init__(self, thresholds: Any = None, size: int = RESIZE) -> None:
+    def __init__(self, thresholds: Any = None, size: int = RESIZE, workers: int | None = None) -> None:
         grid = threshold_grid() if thresholds is None else np.asarray(thresholds, dtype=np.float64)
         if grid.ndim != 1 or grid.size == 0:
             raise ValueError("thresholds must be a non-empty 1-D array")
@@ -151,6 +206,7 @@ class BoxCorrectness:
             raise ValueError("thresholds must be strictly increasing within [0, 1)")
         self.thresholds = grid
         self.size = int(size)
+        self.workers = default_workers() if workers is None else max(1, int(workers))
         self._v1: list[np.ndarray] = [np.zeros((0, grid.size), dtype=np.float32)]
         self._v2: list[np.ndarray] = [np.zeros((0, grid.size), dtype=np.float32)]
         self.mask_histograms = np.zeros((2, grid.size + 2), dtype=np.int64)
@@ -175,20 +231,16 @@ class BoxCorrectness:
             raise ValueError("scoremaps, gt_boxes and image_sizes must have the same length")
         if gt_masks is not None and len(gt_masks) != len(scoremaps):
             raise ValueError("gt_masks must have one mask per score map")
-        v1_rows, v2_rows = [], []
-        for i, scoremap in enumerate(scoremaps):
-            map01 = prepare_scoremap(scoremap, self.size)
-            gt = scale_boxes(gt_boxes[i], image_sizes[i], self.size)
-            v1, v2 = image_ious(map01, gt, self.thresholds)
-            v1_rows.append(v1)
-            v2_rows.append(v2)
-            if gt_masks is not None:
-                labels = prepare_mask(gt_masks[i], self.size)
-                self.mask_histograms += mask_histograms(map01, labels, self.thresholds)
+        gts = [scale_boxes(boxes, wh, self.size) for boxes, wh in zip(gt_boxes, image_sizes)]
+        v1, v2 = score_maps(list(scoremaps), gts, self.thresholds, self.size, self.workers)
+        if gt_masks is not None:
+            for scoremap, mask in zip(scoremaps, gt_masks):
+                labels = prepare_mask(mask, self.size)
+                self.mask_histograms += mask_histograms(prepare_scoremap(scoremap, self.size), labels, self.thresholds)
                 self.n_mask_images += 1
-        if v1_rows:
-            self._v1.append(np.asarray(v1_rows, dtype=np.float32))
-            self._v2.append(np.asarray(v2_rows, dtype=np.float32))
+        if len(v1):
+            self._v1.append(v1.astype(np.float32))
+            self._v2.append(v2.astype(np.float32))
 
     @property
     def iou_v1(self) -> np.ndarray:

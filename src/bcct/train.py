@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +225,10 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
     if len(train_ds) == 0:
         raise BadInput(f"{cfg.data.root}: the train split is empty; check train_test_split.txt")
     val_ds.image_sizes()  # validate val images and boxes before any training time is spent
+    if len(val_ds) == 0 and cfg.eval.threshold is None and main:
+        warnings.warn(f"{cfg.data.root}: the val split is empty (data.val_fraction={cfg.data.val_fraction:g}): no CAM "
+                      "threshold is chosen on val, so any evaluation must pick it on the split it scores (oracle, "
+                      "`bcct eval --oracle`); set data.val_fraction > 0 or eval.threshold", UserWarning, stacklevel=2)
     sampler = distributed.EpochSampler(train_ds, cfg.seed, batch_size)
     loader = DataLoader(distributed.SeededSamples(train_ds, cfg.seed), batch_size=batch_size, sampler=sampler,
                         drop_last=len(sampler) > batch_size, num_workers=cfg.data.workers, collate_fn=collate,

@@ -26,7 +26,9 @@ from bcct.data.images import load_rgb
 from bcct.data.readers import read_dataset
 from bcct.data.transforms import denormalize, test_transform as plain_transform, train_transform
 from bcct.gradient_map import input_gradient, normalize, reduce_channels, smooth
-from bcct.mask import component_labels, largest_component, mask_boxes, threshold
+from bcct import mask as mask_module
+from bcct.mask import (_largest_component_propagation, _largest_component_scipy, component_labels,
+                       largest_component, mask_boxes, threshold)
 from bcct.methods import build_method
 from bcct.methods.bcct import BCCT, mask_loss
 from bcct.run import evaluate_checkpoint
@@ -75,6 +77,24 @@ def test_batched_input_gradient_equals_per_image_loop(hidden):
     assert all(not p.requires_grad for p in bc.features.parameters())
     assert all(p.grad is None for p in bc.parameters())
     assert not feats.requires_grad and not logits.requires_grad
+
+
+def test_bc_gradient_runs_in_fp32_under_autocast():
+    """AMP: the BC input gradient (and so the mask) is computed in fp32 even inside the
+    training step's autocast block: under CPU bf16 autocast it equals the fp32 one."""
+    torch.manual_seed(0)
+    # Pixel-level maps (no pooling or blur), so any change to the gradient shows in the mask.
+    method = BCCT(_tiny_method_cfg("bcct.delta=0.5", "bcct.pool=1", "bcct.smooth_sigma=0"), num_classes=3).train()
+    images = torch.randn(4, 3, 32, 32)
+    grad, _, _ = input_gradient(method.bc, images)
+    maps, _, _ = method.gradient_maps(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grad_amp, feats_amp, _ = input_gradient(method.bc, images)
+        maps_amp, _, _ = method.gradient_maps(images)
+        mask_amp = method.masks(maps_amp)[0]
+    assert torch.equal(mask_amp, method.masks(maps)[0]) and mask_amp.any()
+    assert torch.equal(grad_amp, grad)
+    assert grad_amp.dtype == torch.float32 and feats_amp.dtype == torch.float32
 
 
 def test_bc_features_stay_in_eval_mode():
@@ -193,30 +213,58 @@ def _random_blobs(rng: np.random.Generator) -> np.ndarray:
     return noise > np.quantile(noise, rng.uniform(0.45, 0.85))
 
 
-def _check_largest(mask: np.ndarray, kept: np.ndarray, structure: np.ndarray) -> None:
+def _reference_largest(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """The largest part by scipy, ties going to the part whose first pixel comes first in
+    raster order (the rule both paths of largest_component follow)."""
     labels, n = ndimage.label(mask, structure=structure)
     if n == 0:
-        assert not kept.any()
-        return
-    sizes = np.bincount(labels.ravel())[1:]
-    tied = [k + 1 for k in np.flatnonzero(sizes == sizes.max())]
-    assert any(np.array_equal(kept, labels == k) for k in tied), (sizes.max(), int(kept.sum()), tied)
+        return np.zeros_like(mask)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    best = min(np.flatnonzero(sizes == sizes.max()), key=lambda k: np.flatnonzero(labels.ravel() == k)[0])
+    return labels == best
 
 
+def _tied_parts() -> list[np.ndarray]:
+    """Masks whose largest parts tie, placed so that "first in raster order" and "largest
+    flat index" disagree."""
+    a = np.zeros((6, 8), bool)
+    a[0:3, 0] = True  # first pixel first in raster order (0), last pixel 16
+    a[1, 3:6] = True  # same size, first pixel later (11), last pixel earlier (13)
+    b = np.zeros((7, 7), bool)
+    b[::2, ::2] = True  # 16 single pixels (4-connectivity; for 8 they are apart too)
+    return [a, b]
+
+
+LARGEST_PATHS = {"scipy": _largest_component_scipy, "propagation": _largest_component_propagation}
+
+
+@pytest.mark.parametrize("path", list(LARGEST_PATHS))
 @pytest.mark.parametrize("connectivity", [8, 4])
-def test_largest_component_matches_scipy(connectivity):
+def test_largest_component_matches_scipy(connectivity, path):
+    """Both paths (scipy on CPU, label propagation on GPUs: forced here) keep exactly the
+    reference's part, ties included."""
+    largest = LARGEST_PATHS[path]
     structure = np.ones((3, 3), int) if connectivity == 8 else ndimage.generate_binary_structure(2, 1)
     rng = np.random.default_rng(connectivity)
-    masks = [_random_blobs(rng) for _ in range(50)]
+    masks = [_random_blobs(rng) for _ in range(50)] + _tied_parts()
     masks += [np.zeros((16, 20), bool), np.ones((17, 16), bool)]
     for mask in masks:
-        kept = largest_component(torch.from_numpy(mask)[None], connectivity=connectivity)[0].numpy()
-        _check_largest(mask, kept, structure)
+        kept = largest(torch.from_numpy(mask)[None], connectivity=connectivity)[0].numpy()
+        np.testing.assert_array_equal(kept, _reference_largest(mask, structure))
     # Batched: images of one size in one call give the same answer as one by one.
     same = np.stack([_random_blobs(np.random.default_rng(100 + i))[:16, :16] for i in range(6)])
-    kept = largest_component(torch.from_numpy(same), connectivity=connectivity).numpy()
+    kept = largest(torch.from_numpy(same), connectivity=connectivity).numpy()
     for mask, k in zip(same, kept):
-        _check_largest(mask, k, structure)
+        np.testing.assert_array_equal(k, _reference_largest(mask, structure))
+
+
+def test_largest_component_dispatches_by_device(monkeypatch):
+    calls = []
+    monkeypatch.setattr(mask_module, "_largest_component_propagation", lambda m, c=8: calls.append("prop") or m)
+    monkeypatch.setattr(mask_module, "_largest_component_scipy", lambda m, c=8: calls.append("scipy") or m)
+    mask_module.largest_component(torch.zeros(1, 4, 4, dtype=torch.bool))
+    assert calls == ["scipy"]
 
 
 @pytest.mark.parametrize("connectivity", [8, 4])

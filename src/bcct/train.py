@@ -90,12 +90,13 @@ def _ignore_sigint(worker_id: int) -> None:
 def background_batches(cfg: Config, folder: str, batch_size: int, train_paths=(), key=None, skip: int = 0):
     """An endless stream of background batches, drawn with replacement (paper 3.2).
     ``folder`` = "auto" crops them from the training images' borders. ``key`` (e.g. seed,
-    epoch, rank) fixes the draws and their augmentation (default: from torch's generator);
-    ``skip`` passes over the first batches (a resumed run)."""
+    rank) fixes the draws and their augmentation (default: from torch's generator); ``skip``
+    passes over the first batches (a resumed run). As many loading workers as the main
+    loader; one stream serves the whole run (its workers stay alive across epochs)."""
     bg = make_background_set(folder, list(train_paths), train_transform(cfg.data))
     key = tuple(key) if key is not None else (int(torch.randint(2**62, ()).item()),)
     loader = DataLoader(distributed.SeededSamples(bg, cfg.seed), batch_size=batch_size,
-                        sampler=distributed.Draws(len(bg), key, skip * batch_size), num_workers=min(1, cfg.data.workers),
+                        sampler=distributed.Draws(len(bg), key, skip * batch_size), num_workers=cfg.data.workers,
                         drop_last=True, pin_memory=torch.cuda.is_available(), worker_init_fn=_ignore_sigint,
                         generator=torch.Generator())
     return iter(loader)
@@ -284,16 +285,18 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
                                    rng=[s["rng"] for s in states], logs=[s["logs"] for s in states])
             checkpoint.save_atomic(ckpt, out_dir / "last.pt")
 
+    backgrounds = None
+    if method.needs_backgrounds:  # half a batch: the BC model takes as many targets (bcct.py)
+        sampler.set_epoch(start_epoch)
+        drawn = start_epoch * len(loader) + start_step  # one batch per step of every epoch before
+        backgrounds = background_batches(cfg, folder, max(1, batch_size // 2), train_paths, key=(cfg.seed, rank),
+                                         skip=drawn)
     with GracefulStop() as stop:
         for epoch in range(start_epoch, cfg.optim.epochs):
             t0 = time.time()
             first_step = start_step if epoch == start_epoch else 0
             sampler.set_epoch(epoch, skip_batches=first_step)
             meter = _start_epoch_state(cfg.seed, epoch, rank, world, resumed if first_step else None)
-            backgrounds = None
-            if method.needs_backgrounds:  # half a batch: the BC model takes as many targets (bcct.py)
-                backgrounds = background_batches(cfg, folder, max(1, batch_size // 2), train_paths,
-                                                 key=(cfg.seed, epoch, rank), skip=first_step)
             train_logs = train_one_epoch(model, method, optimizer, scaler, loader, device, epoch, cfg, meter,
                                          first_step, backgrounds, lambda step, m: save_last(epoch, step, m), stop, progress)
             scheduler.step()

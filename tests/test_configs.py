@@ -79,3 +79,19 @@ def test_paper_values(name):
     assert cfg.eval.threshold is None and cfg.eval.threshold_step == 0.001
     if cfg.method == "bcct":
         assert (cfg.bcct.delta, cfg.bcct.mask_weight, cfg.bcct.mode) == (0.8, 1.0, "end2end")
+
+
+def test_from_dict_warns_naming_the_keys_it_drops():
+    import warnings
+
+    from bcct.config import from_dict, to_dict
+
+    saved = to_dict(load_config("synth"))
+    saved["bcct"]["old_knob"] = 3
+    saved["gone"] = {"a": 1}
+    with pytest.warns(UserWarning, match=r"dropped: bcct\.old_knob, gone"):
+        cfg = from_dict(saved)
+    assert not hasattr(cfg.bcct, "old_knob")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert from_dict(to_dict(cfg)) == cfg  # a config of this version: no warning

@@ -17,15 +17,19 @@ from bcct.train import resolve_device
 
 def load_method(ckpt_path: str, overrides: list[str] | None = None, device: str = "auto"):
     """(method in eval mode, config, checkpoint dict). The weights come from the checkpoint,
-    so the backbone is built without pretrained weights (nothing is downloaded)."""
+    so the backbone is built without pretrained weights (nothing is downloaded), unless the
+    checkpoint leaves frozen pieces out (``frozen``: e.g. BC-CT's BC backbone), which then
+    come from ``model.pretrained`` as in training."""
     ckpt = checkpoint.load(ckpt_path)
     cfg = from_dict(ckpt["config"])
     if overrides:
         cfg = load_config(None, overrides, **to_dict(cfg))
-    cfg.model.pretrained = "none"
+    if not ckpt.get("frozen"):
+        cfg.model.pretrained = "none"
     method = build_method(cfg, len(ckpt["class_names"]))
+    cfg.model.pretrained = "none"
     try:
-        method.load_state_dict(ckpt["model"])
+        checkpoint.load_trained_state(method, ckpt["model"])
     except RuntimeError:
         saved = ckpt.get("method")
         if saved and saved != cfg.method:

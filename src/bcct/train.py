@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from bcct import checkpoint, distributed
-from bcct.config import Config, to_dict, to_yaml
+from bcct.config import RESUME_HARMLESS, Config, from_dict, resume_differences, to_dict, to_yaml
 from bcct.data.background_set import make_background_set
 from bcct.data.dataset import WSOLDataset, collate
 from bcct.data.readers import read_dataset
@@ -190,7 +190,8 @@ def make_checkpoint(method, optimizer, scheduler, cfg: Config, epoch: int, class
     return {
         "format": checkpoint.FORMAT,
         "method": cfg.method,
-        "model": method.state_dict(),
+        "model": checkpoint.trained_state(method),
+        "frozen": list(method.frozen),  # left out of "model": rebuilt from model.pretrained
         "optimizer": optimizer.state_dict(),
         "lr_scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {},
@@ -253,7 +254,12 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
     _score({}, 0, cfg.eval.select)  # a bad eval.select fails before any training
     if resume and (out_dir / "last.pt").is_file():
         resumed = checkpoint.load(out_dir / "last.pt")
-        method.load_state_dict(resumed["model"])
+        changed = resume_differences(from_dict(resumed["config"]), cfg)
+        if changed:
+            raise BadInput(f"{out_dir / 'last.pt'}: --resume with a config that differs from the one it was trained "
+                           f"with ({'; '.join(changed)}); resume with the same config (only "
+                           f"{', '.join(RESUME_HARMLESS)} may change) or train into a new --out")
+        checkpoint.load_trained_state(method, resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["lr_scheduler"])
         if resumed.get("scaler") and scaler.is_enabled():

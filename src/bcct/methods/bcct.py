@@ -53,6 +53,9 @@ class BCCT(Method):
         b = cfg.bcct
         self.model = CTModel(cfg.model, num_classes, mask_branch=b.mask_target in ("branch", "both"))
         self.bc = BCModel(cfg.model, b.bc_hidden)
+        # The BC backbone is never trained: checkpoints leave it out and loading rebuilds it from
+        # the pretrained weights (a random one, model.pretrained=none, cannot be rebuilt: kept).
+        self.frozen = ("bc.features.",) if cfg.model.pretrained != "none" else ()
         self.mask_on = True
         # two-stage: set once the BC model has been trained (saved with the checkpoint)
         self.register_buffer("bc_ready", torch.zeros((), dtype=torch.bool))

@@ -88,15 +88,19 @@ def _ignore_sigint(worker_id: int) -> None:
 
 
 def background_batches(cfg: Config, folder: str, batch_size: int, train_paths=(), key=None, skip: int = 0):
-    """An endless stream of background batches, drawn with replacement (paper 3.2).
-    ``folder`` = "auto" crops them from the training images' borders. ``key`` (e.g. seed,
-    rank) fixes the draws and their augmentation (default: from torch's generator); ``skip``
-    passes over the first batches (a resumed run). As many loading workers as the main
-    loader; one stream serves the whole run (its workers stay alive across epochs)."""
+    """An endless stream of background batches of ``batch_size`` per process, drawn with
+    replacement (paper 3.2). ``folder`` = "auto" crops them from the training images'
+    borders. ``key`` (e.g. the seed) fixes the draws and their augmentation (default: from
+    torch's generator); with several processes each takes its share of every global batch,
+    so together they draw what one process would. ``skip`` passes over the first batches (a
+    resumed run). As many loading workers as the main loader; one stream serves the whole
+    run (its workers stay alive across epochs)."""
     bg = make_background_set(folder, list(train_paths), train_transform(cfg.data))
     key = tuple(key) if key is not None else (int(torch.randint(2**62, ()).item()),)
+    world = distributed.world_size()
+    draws = distributed.Draws(len(bg), key, skip * batch_size * world, shard=(distributed.rank(), world, batch_size))
     loader = DataLoader(distributed.SeededSamples(bg, cfg.seed), batch_size=batch_size,
-                        sampler=distributed.Draws(len(bg), key, skip * batch_size), num_workers=cfg.data.workers,
+                        sampler=draws, num_workers=cfg.data.workers,
                         drop_last=True, pin_memory=torch.cuda.is_available(), worker_init_fn=_ignore_sigint,
                         generator=torch.Generator())
     return iter(loader)
@@ -167,8 +171,7 @@ def train_one_epoch(model, method, optimizer, scaler, loader, device, epoch: int
             batch["background"] = next(backgrounds).to(device, non_blocking=True).contiguous(memory_format=fmt)
         with autocast(cfg, device):
             loss, logs = model(batch)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}; lower the learning rate")
+        check_finite(loss.item(), f"at epoch {epoch}, step {step}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -181,6 +184,16 @@ def train_one_epoch(model, method, optimizer, scaler, loader, device, epoch: int
         if stopping:
             raise KeyboardInterrupt
     return meter.reduced()
+
+
+def check_finite(loss: float, where: str) -> None:
+    """Stop on a NaN or infinite loss, on every process at once (a process that stopped alone
+    would leave the others waiting in the gradient all-reduce): the same message everywhere."""
+    losses = distributed.all_values(loss)
+    bad = [(r, v) for r, v in enumerate(losses) if not math.isfinite(v)]
+    if bad:
+        on = f" on rank {', '.join(str(r) for r, _ in bad)}" if len(losses) > 1 else ""
+        raise FloatingPointError(f"loss is {bad[0][1]}{on} {where}; lower the learning rate")
 
 
 def make_checkpoint(method, optimizer, scheduler, cfg: Config, epoch: int, class_names, thresholds, val,
@@ -295,8 +308,7 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
     if method.needs_backgrounds:  # half a batch: the BC model takes as many targets (bcct.py)
         sampler.set_epoch(start_epoch)
         drawn = start_epoch * len(loader) + start_step  # one batch per step of every epoch before
-        backgrounds = background_batches(cfg, folder, max(1, batch_size // 2), train_paths, key=(cfg.seed, rank),
-                                         skip=drawn)
+        backgrounds = background_batches(cfg, folder, max(1, batch_size // 2), train_paths, key=(cfg.seed,), skip=drawn)
     with GracefulStop() as stop:
         for epoch in range(start_epoch, cfg.optim.epochs):
             t0 = time.time()

@@ -48,6 +48,12 @@ class BCCT(Method):
         its BC model in ``prepare``."""
         return self.cfg.bcct.mode == "end2end"
 
+    @property
+    def find_unused_parameters(self) -> bool:
+        """Two-stage CT steps leave the BC classifier without a gradient; warm-up epochs leave
+        the mask branch without one."""
+        return self.cfg.bcct.mode == "two_stage" or self.cfg.bcct.warmup_epochs > 0
+
     def __init__(self, cfg: Config, num_classes: int):
         super().__init__(cfg, num_classes)
         b = cfg.bcct

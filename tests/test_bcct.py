@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torchvision.transforms.v2 import functional as TF
 
-from bcct import checkpoint
+from bcct import cam, checkpoint
 from bcct.bc_model import BCModel, bc_loss
 from bcct.config import ModelConfig, load_config
 from bcct.data.background_set import BackgroundSet
@@ -26,7 +26,9 @@ from bcct.data.images import load_rgb
 from bcct.data.readers import read_dataset
 from bcct.data.transforms import denormalize, test_transform as plain_transform, train_transform
 from bcct.gradient_map import input_gradient, normalize, reduce_channels, smooth
-from bcct.mask import component_labels, decode_masks, largest_component, mask_boxes, mask_codes, threshold
+from bcct import mask as mask_module
+from bcct.mask import (_largest_component_propagation, _largest_component_scipy, component_labels, decode_masks,
+                       largest_component, mask_boxes, mask_codes, threshold)
 from bcct.methods import build_method
 from bcct.methods.bcct import BCCT, mask_loss
 from bcct.run import evaluate_checkpoint
@@ -75,6 +77,24 @@ def test_batched_input_gradient_equals_per_image_loop(hidden):
     assert all(not p.requires_grad for p in bc.features.parameters())
     assert all(p.grad is None for p in bc.parameters())
     assert not feats.requires_grad and not logits.requires_grad
+
+
+def test_bc_gradient_runs_in_fp32_under_autocast():
+    """AMP: the BC input gradient (and so the mask) is computed in fp32 even inside the
+    training step's autocast block: under CPU bf16 autocast it equals the fp32 one."""
+    torch.manual_seed(0)
+    # Pixel-level maps (no pooling or blur), so any change to the gradient shows in the mask.
+    method = BCCT(_tiny_method_cfg("bcct.delta=0.5", "bcct.pool_cells=0", "bcct.blur=0"), num_classes=3).train()
+    images = torch.randn(4, 3, 32, 32)
+    grad, _, _ = input_gradient(method.bc, images)
+    maps, _, _ = method.gradient_maps(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grad_amp, feats_amp, _ = input_gradient(method.bc, images)
+        maps_amp, _, _ = method.gradient_maps(images)
+        mask_amp = method.masks(maps_amp)[0]
+    assert torch.equal(mask_amp, method.masks(maps)[0]) and mask_amp.any()
+    assert torch.equal(grad_amp, grad)
+    assert grad_amp.dtype == torch.float32 and feats_amp.dtype == torch.float32
 
 
 def test_bc_features_stay_in_eval_mode():
@@ -193,30 +213,58 @@ def _random_blobs(rng: np.random.Generator) -> np.ndarray:
     return noise > np.quantile(noise, rng.uniform(0.45, 0.85))
 
 
-def _check_largest(mask: np.ndarray, kept: np.ndarray, structure: np.ndarray) -> None:
+def _reference_largest(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """The largest part by scipy, ties going to the part whose first pixel comes first in
+    raster order (the rule both paths of largest_component follow)."""
     labels, n = ndimage.label(mask, structure=structure)
     if n == 0:
-        assert not kept.any()
-        return
-    sizes = np.bincount(labels.ravel())[1:]
-    tied = [k + 1 for k in np.flatnonzero(sizes == sizes.max())]
-    assert any(np.array_equal(kept, labels == k) for k in tied), (sizes.max(), int(kept.sum()), tied)
+        return np.zeros_like(mask)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    best = min(np.flatnonzero(sizes == sizes.max()), key=lambda k: np.flatnonzero(labels.ravel() == k)[0])
+    return labels == best
 
 
+def _tied_parts() -> list[np.ndarray]:
+    """Masks whose largest parts tie, placed so that "first in raster order" and "largest
+    flat index" disagree."""
+    a = np.zeros((6, 8), bool)
+    a[0:3, 0] = True  # first pixel first in raster order (0), last pixel 16
+    a[1, 3:6] = True  # same size, first pixel later (11), last pixel earlier (13)
+    b = np.zeros((7, 7), bool)
+    b[::2, ::2] = True  # 16 single pixels (4-connectivity; for 8 they are apart too)
+    return [a, b]
+
+
+LARGEST_PATHS = {"scipy": _largest_component_scipy, "propagation": _largest_component_propagation}
+
+
+@pytest.mark.parametrize("path", list(LARGEST_PATHS))
 @pytest.mark.parametrize("connectivity", [8, 4])
-def test_largest_component_matches_scipy(connectivity):
+def test_largest_component_matches_scipy(connectivity, path):
+    """Both paths (scipy on CPU, label propagation on GPUs: forced here) keep exactly the
+    reference's part, ties included."""
+    largest = LARGEST_PATHS[path]
     structure = np.ones((3, 3), int) if connectivity == 8 else ndimage.generate_binary_structure(2, 1)
     rng = np.random.default_rng(connectivity)
-    masks = [_random_blobs(rng) for _ in range(50)]
+    masks = [_random_blobs(rng) for _ in range(50)] + _tied_parts()
     masks += [np.zeros((16, 20), bool), np.ones((17, 16), bool)]
     for mask in masks:
-        kept = largest_component(torch.from_numpy(mask)[None], connectivity=connectivity)[0].numpy()
-        _check_largest(mask, kept, structure)
+        kept = largest(torch.from_numpy(mask)[None], connectivity=connectivity)[0].numpy()
+        np.testing.assert_array_equal(kept, _reference_largest(mask, structure))
     # Batched: images of one size in one call give the same answer as one by one.
     same = np.stack([_random_blobs(np.random.default_rng(100 + i))[:16, :16] for i in range(6)])
-    kept = largest_component(torch.from_numpy(same), connectivity=connectivity).numpy()
+    kept = largest(torch.from_numpy(same), connectivity=connectivity).numpy()
     for mask, k in zip(same, kept):
-        _check_largest(mask, k, structure)
+        np.testing.assert_array_equal(k, _reference_largest(mask, structure))
+
+
+def test_largest_component_dispatches_by_device(monkeypatch):
+    calls = []
+    monkeypatch.setattr(mask_module, "_largest_component_propagation", lambda m, c=8: calls.append("prop") or m)
+    monkeypatch.setattr(mask_module, "_largest_component_scipy", lambda m, c=8: calls.append("scipy") or m)
+    mask_module.largest_component(torch.zeros(1, 4, 4, dtype=torch.bool))
+    assert calls == ["scipy"]
 
 
 @pytest.mark.parametrize("connectivity", [8, 4])
@@ -421,9 +469,56 @@ def test_mask_codes_round_trip():
 
 RUNS = [("end2end", "cam"), ("end2end", "branch"), ("end2end", "both"),
         ("two_stage", "cam"), ("two_stage", "branch"), ("two_stage", "both")]
+SMOKE_RUNS = [("end2end", "cam"), ("two_stage", "both")]
+
+
+def _known_maps() -> tuple[torch.Tensor, torch.Tensor]:
+    """(gradient maps [4,32,32], the Eq. 2 + largest-part mask of each at delta 0.5): a large
+    blob (kept), a smaller one at the same height (dropped: not the largest part) and a
+    low plateau (below delta); image 3's map is all zero (empty mask, weight 0)."""
+    maps = torch.zeros(4, 32, 32)
+    mask = torch.zeros(4, 32, 32, dtype=torch.bool)
+    for i, (r, c) in enumerate([(4, 6), (12, 2), (18, 14)]):
+        maps[i] += 0.2  # plateau below delta * max = 0.5
+        maps[i, r:r + 8, c:c + 10] = 1.0
+        maps[i, (r + 20) % 28:(r + 20) % 28 + 3, 26:29] = 0.9  # a smaller part
+        mask[i, r:r + 8, c:c + 10] = True
+    return maps, mask
 
 
 @pytest.mark.parametrize("mode,target", RUNS)
+def test_training_step_supervises_with_the_known_mask(mode, target):
+    """A known gradient map (cached: two-stage; from the BC model: end-to-end) gives a known
+    mask, and exactly that mask, with weight 0 on the empty image, is what the mask loss of
+    each target (GT-class CAM, branch or both) is computed against."""
+    torch.manual_seed(0)
+    method = BCCT(_tiny_method_cfg(f"bcct.mode={mode}", f"bcct.mask_target={target}", "bcct.delta=0.5",
+                                   "bcct.warmup_epochs=0"), num_classes=3).train()
+    method.on_epoch_start(0)
+    maps, mask = _known_maps()
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    batch = {"image": images, "label": labels}
+    if mode == "two_stage":
+        batch["cached_mask"] = mask_codes(*method.masks(maps))  # as two_stage.cache_masks makes it
+    else:
+        batch["background"] = torch.randn(2, 3, 32, 32)
+        real = method.gradient_maps
+        method.gradient_maps = lambda x: (maps, *real(x)[1:])
+    loss, logs = method.training_step(batch)
+    assert logs["mask_area"] == pytest.approx(mask.float().mean().item())
+    out = method.model(images)  # train mode, the same batch: the same outputs as in the step
+    weight = torch.ones(4, 32, 32)
+    weight[3] = 0
+    readouts = {"cam": cam.select(out["cams"], labels), "branch": out.get("branch")}
+    targets = ["cam", "branch"] if target == "both" else [target]
+    want = sum(mask_loss(cam.upsample(readouts[t], (32, 32)), mask, weight).item() for t in targets)
+    assert logs["mask_loss"] == pytest.approx(want, rel=1e-5)
+    # A different mask would give a different loss: the comparison can fail.
+    assert abs(sum(mask_loss(cam.upsample(readouts[t], (32, 32)), ~mask, weight).item() for t in targets)
+               - want) > 1e-3
+
+
+@pytest.mark.parametrize("mode,target", SMOKE_RUNS)
 def test_train_and_evaluate_end_to_end(mode, target, make_tiny_cfg, tmp_path):
     epochs = 2 if target == "cam" else 1
     cfg = make_tiny_cfg(f"epochs={epochs}", f"bcct.mode={mode}", f"bcct.mask_target={target}", "bcct.bc_epochs=1",
@@ -463,28 +558,49 @@ def test_train_and_evaluate_end_to_end(mode, target, make_tiny_cfg, tmp_path):
         assert agn["mask_validity"] == metrics["mask_validity"]
 
 
-def test_loss_falls_on_a_fixed_batch(make_tiny_cfg, tiny_data):
+def _fixed_batch_run(steps: int, *extra: str) -> list[dict]:
+    """``steps`` training steps of BC-CT end to end on one fixed batch with a fixed known
+    mask (two-stage path: the cached map is the known one); the step logs."""
     torch.manual_seed(0)
-    cfg = make_tiny_cfg("bcct.warmup_epochs=0", "bcct.mode=end2end", method="bcct")  # stand-in backbone
-    assert cfg.bcct.mode == "end2end"
-    ds = WSOLDataset(read_dataset(cfg.data).split("train")[:8], plain_transform(cfg.data))
-    batch = collate([ds[i] for i in range(8)])
-    bgs = BackgroundSet(tiny_data / "backgrounds", plain_transform(cfg.data))
-    batch["background"] = torch.stack([bgs[i % len(bgs)] for i in range(8)])
-    method = build_method(cfg, num_classes=3).train()
-    opt = torch.optim.SGD(method.param_groups(), momentum=cfg.optim.momentum)
+    method = BCCT(_tiny_method_cfg("bcct.delta=0.5", "bcct.warmup_epochs=0", "optim.lr=0.05", *extra),
+                  num_classes=3).train()
+    method.on_epoch_start(0)
+    maps, _ = _known_maps()
+    gen = torch.Generator().manual_seed(1)
+    batch = {"image": torch.randn(4, 3, 32, 32, generator=gen), "label": torch.tensor([0, 1, 2, 0]),
+             "background": torch.rand(2, 3, 32, 32, generator=gen) + 1, "cached_mask": mask_codes(*method.masks(maps))}
+    if method.cfg.bcct.mode == "end2end":
+        del batch["cached_mask"]
+    opt = torch.optim.SGD(method.param_groups(), momentum=0.9)
     history = []
-    for _ in range(15):
+    for _ in range(steps):
         loss, logs = method.training_step(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         history.append(logs)
-    total = [h["loss"] for h in history]
-    assert all(math.isfinite(v) for v in total)
-    assert np.mean(total[-3:]) < 0.8 * np.mean(total[:3]), total
-    assert history[-1]["cls_loss"] < history[0]["cls_loss"]
-    assert history[-1]["bc_loss"] < history[0]["bc_loss"]
+    return history
+
+
+def test_mask_loss_trains_the_ct_maps_towards_the_mask():
+    """The mask loss is what moves the CT maps to the mask: with mask_weight 1 it falls far
+    below where the same training without it (mask_weight 0) leaves it. Fails if the mask
+    term is cut from the graph, has the wrong sign or compares against another mask."""
+    with_mask = [h["mask_loss"] for h in _fixed_batch_run(20, "bcct.mode=two_stage")]
+    without = [h["mask_loss"] for h in _fixed_batch_run(20, "bcct.mode=two_stage", "bcct.mask_weight=0")]
+    assert with_mask[0] == pytest.approx(without[0])  # the same start
+    assert with_mask[-1] < 0.5 * with_mask[0], with_mask
+    assert with_mask[-1] < 0.6 * without[-1], (with_mask, without)
+
+
+def test_bc_loss_falls_only_through_the_bc_classifier():
+    """End to end, the BC loss falls because its classifier learns (bcct.bc_lr); with
+    bc_lr 0 it stays exactly where it was: nothing else (the CT steps, the frozen backbone)
+    moves the BC model."""
+    learning = [h["bc_loss"] for h in _fixed_batch_run(15, "bcct.mode=end2end", "bcct.bc_lr=5")]
+    frozen = [h["bc_loss"] for h in _fixed_batch_run(15, "bcct.mode=end2end", "bcct.bc_lr=0")]
+    assert learning[-1] < learning[0] - 0.02, learning  # random features: a slow but steady fall
+    assert frozen == [frozen[0]] * len(frozen), frozen
 
 
 def test_bc_at_half_scale_gives_full_size_maps_and_trains(make_tiny_cfg, tiny_data):

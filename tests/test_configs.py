@@ -82,3 +82,20 @@ def test_paper_values(name):
         # input-gradient map is one switch away (bcct.literal=true bcct.delta=0.8).
         assert (cfg.bcct.delta, cfg.bcct.mask_weight, cfg.bcct.mode) == (0.5, 1.0, "end2end")
         assert (cfg.bcct.map, cfg.bcct.normalize, cfg.bcct.literal) == ("gradcam", "sqrt", False)
+
+
+
+def test_from_dict_warns_naming_the_keys_it_drops():
+    import warnings
+
+    from bcct.config import from_dict, to_dict
+
+    saved = to_dict(load_config("synth"))
+    saved["bcct"]["old_knob"] = 3
+    saved["gone"] = {"a": 1}
+    with pytest.warns(UserWarning, match=r"dropped: bcct\.old_knob, gone"):
+        cfg = from_dict(saved)
+    assert not hasattr(cfg.bcct, "old_knob")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert from_dict(to_dict(cfg)) == cfg  # a config of this version: no warning

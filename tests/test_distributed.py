@@ -19,6 +19,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,12 @@ from conftest import TINY_OVERRIDES
 # (up to summation order), whatever the split of the batch.
 PLAIN = "plain_tiny_vgg"
 PLAIN_OVERRIDES = [f"model.backbone={PLAIN}", "model.pretrained=none", "model.head_bn=false", "epochs=2", "optim.lr=0.05"]
+# BC-CT on the same backbone, both modes: masks from the BC model's input gradient.
+# End to end, masks are cut from maps computed in each process's share of the batch: a pixel
+# within float-order noise of delta x max could land on either side. A blur of 1/8 of the
+# side (4 px at 32 px) keeps the tiny set's maps smooth enough that none does.
+BCCT_RUNS = {"bcct_end2end": ["bcct.mode=end2end", "bcct.warmup_epochs=0", "bcct.blur=0.125"],
+             "bcct_two_stage": ["bcct.mode=two_stage", "bcct.warmup_epochs=0", "bcct.bc_epochs=2"]}
 # (split, overrides, oracle): 2 batches (one per rank), 3 batches (uneven), 1 batch (rank 1 idle)
 EVAL_CASES = [("test", [], False), ("test", ["eval.batch_size=8"], False), ("val", [], True)]
 
@@ -45,6 +53,39 @@ def _plain_backbone(pretrained: str = "none"):
 
 
 # ------------------------------------------------------------------- one job, two processes
+
+
+@contextmanager
+def _count_bc_stage():
+    """{"bc": target images the BC stage trained on, "maps": images whose gradient map was
+    cached as a mask}, in this process (two-stage's prepare)."""
+    import bcct.two_stage as two_stage
+
+    counts = {"bc": 0, "maps": 0}
+    loss, cache = two_stage.bc_loss, two_stage.cache_masks
+
+    def counted_loss(bc, ft, fb):
+        counts["bc"] += len(ft)
+        return loss(bc, ft, fb)
+
+    def counted_cache(method, train_ds, device):
+        maps = method.gradient_maps
+
+        def counted_maps(images):
+            counts["maps"] += len(images)
+            return maps(images)
+
+        method.gradient_maps = counted_maps
+        try:
+            return cache(method, train_ds, device)
+        finally:
+            del method.gradient_maps
+
+    two_stage.bc_loss, two_stage.cache_masks = counted_loss, counted_cache
+    try:
+        yield counts
+    finally:
+        two_stage.bc_loss, two_stage.cache_masks = loss, cache
 
 
 def _worker(rank: int, world: int, init_file: str, jobs: dict) -> None:
@@ -61,6 +102,12 @@ def _worker(rank: int, world: int, init_file: str, jobs: dict) -> None:
         cfg = load_config("synth", TINY_OVERRIDES + PLAIN_OVERRIDES, method="cam")
         cfg.data.root = jobs["data"]
         result = train(cfg, jobs["run"], progress=False)
+        for name, extra in BCCT_RUNS.items():
+            cfg = load_config("synth", TINY_OVERRIDES + PLAIN_OVERRIDES + extra, method="bcct")
+            cfg.data.root = jobs["data"]
+            with _count_bc_stage() as counts:
+                train(cfg, jobs[name], progress=False)
+            Path(jobs[name] + f".rank{rank}.json").write_text(json.dumps(counts))
         if rank == 0:
             Path(jobs["out"]).write_text(json.dumps({"evals": evals, "train": result}, default=float))
     finally:
@@ -79,9 +126,10 @@ def reference_run(make_tiny_cfg, tmp_path_factory) -> Path:
 def two_process_job(reference_run, tiny_data, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("ddp")
     jobs = {"checkpoint": str(reference_run / "best.pt"), "data": str(tiny_data), "run": str(tmp / "plain_ddp"),
-            "out": str(tmp / "result.json")}
+            "out": str(tmp / "result.json"), **{name: str(tmp / name) for name in BCCT_RUNS}}
     mp.spawn(_worker, args=(2, str(tmp / "init"), jobs), nprocs=2, join=True)
-    return {**json.loads(Path(jobs["out"]).read_text()), "run": Path(jobs["run"])}
+    return {**json.loads(Path(jobs["out"]).read_text()), "run": Path(jobs["run"]),
+            **{name: Path(jobs[name]) for name in BCCT_RUNS}}
 
 
 def test_distributed_evaluation_equals_one_process_exactly(two_process_job, reference_run):
@@ -95,14 +143,39 @@ def test_ddp_training_equals_one_process(two_process_job, make_tiny_cfg, tmp_pat
     monkeypatch.setitem(backbones.BACKBONES, PLAIN, _plain_backbone)
     one = tmp_path / "plain_one"
     train(make_tiny_cfg(*PLAIN_OVERRIDES), one, progress=False)
-    ddp = two_process_job["run"]
+    _assert_same_run(one, two_process_job["run"])
+
+
+@pytest.mark.parametrize("name", list(BCCT_RUNS))
+def test_ddp_bcct_equals_one_process(name, two_process_job, make_tiny_cfg, tmp_path, monkeypatch):
+    """BC-CT under 2 processes: end to end (each process draws its share of one process's
+    background batch) and two-stage (the BC stage trained in step on both, the map cache
+    computed in shares and gathered) take one process's steps, up to float order."""
+    monkeypatch.setitem(backbones.BACKBONES, PLAIN, _plain_backbone)
+    one = tmp_path / name
+    with _count_bc_stage() as counts:
+        train(make_tiny_cfg(*PLAIN_OVERRIDES, *BCCT_RUNS[name], method="bcct"), one, progress=False)
+    _assert_same_run(one, two_process_job[name])
+    if name == "bcct_two_stage":  # the BC stage and the map cache: each process does its share
+        shares = [json.loads(Path(f"{two_process_job[name]}.rank{r}.json").read_text()) for r in range(2)]
+        assert counts["bc"] > 0 and counts["maps"] > 0
+        assert [s["bc"] for s in shares] == [counts["bc"] // 2] * 2
+        assert sum(s["maps"] for s in shares) == counts["maps"] and min(s["maps"] for s in shares) > 0
+        [a], [b] = ([json.loads(x)["prepare"] for x in (run / "metrics.jsonl").read_text().splitlines()
+                     if json.loads(x)["epoch"] == -1] for run in (one, two_process_job[name]))
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-6)  # the BC stage's loss and accuracy
+
+
+def _assert_same_run(one: Path, ddp: Path) -> None:
+    """A 1-process and a 2-process run: the same weights (1e-5 of their size), the same
+    per-epoch losses (1e-5) and the same val metrics."""
     a, b = checkpoint.load(one / "last.pt"), checkpoint.load(ddp / "last.pt")
     assert a["world_size"] == 1 and b["world_size"] == 2 and len(b["rng"]) == 1  # epoch end: rank 0's state
     for k, v in a["model"].items():
         scale = max(float(v.abs().max()), 1e-3) if v.is_floating_point() else 1.0
         assert torch.allclose(v.float(), b["model"][k].float(), rtol=0, atol=1e-5 * scale), k
-    lines_a = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
-    lines_b = [json.loads(x) for x in (ddp / "metrics.jsonl").read_text().splitlines()]
+    lines_a = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines() if '"prepare"' not in x]
+    lines_b = [json.loads(x) for x in (ddp / "metrics.jsonl").read_text().splitlines() if '"prepare"' not in x]
     assert [r["epoch"] for r in lines_b] == [0, 1]  # rank 0 alone wrote the log
     for ra, rb in zip(lines_a, lines_b):
         for key, value in ra["train"].items():  # losses are averaged over both processes
@@ -255,3 +328,101 @@ def test_channels_last_only_on_cuda(make_tiny_cfg, tmp_path):
     train(make_tiny_cfg("epochs=1"), run, progress=False)
     weights = [v for v in checkpoint.load(run / "last.pt")["model"].values() if v.dim() == 4]
     assert weights and all(w.is_contiguous() for w in weights)  # no channels_last on CPU
+
+
+# ------------------------------------------------------------------- a diverged process
+
+
+def _nan_worker(rank: int, world: int, init_file: str, jobs: dict) -> None:
+    """Rank 1 alone sees a NaN loss at its 2nd step: both processes must stop there."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        backbones.BACKBONES[PLAIN] = _plain_backbone
+        from bcct.config import load_config
+        from bcct.methods.cam import CAM
+
+        step, calls = CAM.training_step, {"n": 0}
+
+        def nan_on_rank_1(self, batch):
+            loss, logs = step(self, batch)
+            calls["n"] += 1
+            return (loss * float("nan") if rank == 1 and calls["n"] == 2 else loss), logs
+
+        CAM.training_step = nan_on_rank_1
+        cfg = load_config("synth", TINY_OVERRIDES + PLAIN_OVERRIDES, method="cam")
+        cfg.data.root = jobs["data"]
+        try:
+            train(cfg, jobs["run"], progress=False)
+            message = "no error"
+        except FloatingPointError as exc:
+            message = str(exc)
+        Path(jobs["out"], f"rank{rank}.txt").write_text(message)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_nan_on_one_rank_stops_every_rank(tiny_data, tmp_path):
+    jobs = {"data": str(tiny_data), "run": str(tmp_path / "run"), "out": str(tmp_path)}
+    ctx = mp.spawn(_nan_worker, args=(2, str(tmp_path / "init"), jobs), nprocs=2, join=False)
+    deadline = time.time() + 120
+    while not ctx.join(timeout=5):
+        if time.time() > deadline:  # a process left waiting in the gradient all-reduce
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("a rank is still running 2 minutes after rank 1's NaN loss")
+    messages = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert messages[0] == messages[1], messages
+    assert messages[0].startswith("loss is nan on rank 1 at epoch 0, step 2"), messages[0]
+
+
+def test_cli_reports_a_diverged_run_in_one_line(monkeypatch, capsys, tmp_path):
+    import bcct.train
+    from bcct.cli import main
+
+    def diverge(*args, **kwargs):
+        raise FloatingPointError("loss is nan on rank 1 at epoch 0, step 2; lower the learning rate")
+
+    monkeypatch.setattr(bcct.train, "train", diverge)
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: loss is nan on rank 1 at epoch 0, step 2; lower the learning rate"]
+
+
+# ------------------------------------------------------------------- find_unused_parameters
+
+
+def _unused_after_steps(method, epochs=(0, 1, 5, 100)) -> set[str]:
+    """Trainable parameters some training step leaves without a gradient."""
+    method.train()
+    batch = {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 2, 0]),
+             "background": torch.randn(2, 3, 32, 32)}
+    if getattr(method.cfg.bcct, "mode", "") == "two_stage" and method.cfg.method == "bcct":
+        batch["cached_mask"] = torch.randint(0, 2, (4, 32, 32), dtype=torch.uint8)
+    unused = set()
+    for epoch in epochs:
+        method.on_epoch_start(epoch)
+        method.zero_grad(set_to_none=True)
+        loss, _ = method.training_step(batch)
+        loss.backward()
+        unused |= {n for n, p in method.named_parameters() if p.requires_grad and p.grad is None}
+    return unused
+
+
+CASES = [(m, []) for m in ("cam", "backprop", "has", "acol", "spg", "adl")] + [
+    ("bcct", ["bcct.mode=end2end", "bcct.warmup_epochs=0"]), ("bcct", ["bcct.mode=end2end", "bcct.warmup_epochs=2"]),
+    ("bcct", ["bcct.mode=two_stage", "bcct.warmup_epochs=0"])]
+
+
+@pytest.mark.parametrize("name,extra", CASES)
+def test_find_unused_parameters_exactly_where_a_step_leaves_some(name, extra):
+    """DDP's search for unused parameters (a graph walk every step) only for a method and
+    setting whose steps leave trainable parameters without a gradient; without it DDP would
+    fail on such a step."""
+    from bcct.config import load_config
+    from bcct.methods import build_method
+
+    torch.manual_seed(0)
+    cfg = load_config("synth", ["image_size=32", "model.head_width=16", "model.pretrained=none", *extra], method=name)
+    method = build_method(cfg, 3)
+    assert bool(_unused_after_steps(method)) == method.find_unused_parameters, _unused_after_steps(method)

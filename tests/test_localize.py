@@ -46,8 +46,24 @@ def sample_paths(tiny_data):
 
 
 def _scaled(box224, size):
+    """Inclusive pixel edges: pixels x0..x1 of the 224 frame are [x0, x1 + 1) of it."""
     w, h = size
-    return box224.astype(np.float64) * np.array([w / RESIZE, h / RESIZE, w / RESIZE, h / RESIZE])
+    s = np.array([w / RESIZE, h / RESIZE, w / RESIZE, h / RESIZE])
+    out = (box224.astype(np.float64) + [0, 0, 1, 1]) * s - [0, 0, 1, 1]
+    return np.where((box224 == 0).all(axis=1, keepdims=True), 0.0, out)
+
+
+def test_a_full_frame_box_reaches_the_image_edge(loc, monkeypatch):
+    """A map above the threshold everywhere gives the box [0, 0, 223, 223] in the 224 frame:
+    in the image it must end at the last pixel (W - 1, H - 1), not 223 * W / 224."""
+    import bcct.api
+
+    monkeypatch.setattr(bcct.api, "box_at_threshold", lambda m, tau, multi_contour=False: np.array([[0, 0, 223, 223]]))
+    pred = loc.localize(np.zeros((300, 448, 3), np.uint8))[0]
+    np.testing.assert_allclose(pred.box, [0, 0, 447, 299])
+    monkeypatch.setattr(bcct.api, "box_at_threshold", lambda m, tau, multi_contour=False: np.array([[112, 56, 167, 111]]))
+    np.testing.assert_allclose(loc.localize(np.zeros((300, 448, 3), np.uint8))[0].box,  # pixels 224..335 x 75..149
+                               [224, 75, 335, 149], rtol=0, atol=1e-9)
 
 
 def _check(pred, loc, size):

@@ -165,3 +165,20 @@ def test_cli_resume_takes_the_run_dir(tiny_data, tmp_path, capsys):
     assert "name different run directories" in capsys.readouterr().err
     assert main(base) == 2
     assert "--out RUNDIR" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_changed_config(make_tiny_cfg, uninterrupted, tmp_path, capsys):
+    """--resume with another learning rate or method setting is another run: refused, naming
+    the keys; epochs (and loading settings) may change."""
+    import shutil
+
+    from bcct.errors import BadInput
+
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    with pytest.raises(BadInput, match=r"data\.image_size: 32 -> 48; optim\.lr: 0\.1 -> 0\.01\)"):
+        train(make_tiny_cfg(*SMALL_STEPS, "optim.lr=0.01", "image_size=48"), run, progress=False, resume=True)
+    with pytest.raises(BadInput, match=r"optim\.lr"):
+        train(make_tiny_cfg(*SMALL_STEPS, "optim.lr=0.01"), run, progress=False, resume=True)
+    train(make_tiny_cfg(*SMALL_STEPS, "epochs=4", "data.workers=0", "device=cpu"), run, progress=False, resume=True)
+    assert _epochs(run) == [0, 1, 2, 3]

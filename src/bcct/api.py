@@ -10,7 +10,8 @@ map of the *predicted* class is read out, prepared exactly as the evaluator prep
 (bicubic to 224x224, min-max, uint8 quantisation; :mod:`bcct.boxes`) and cut at the
 threshold chosen on the held-out val split during training. The box is therefore the box
 the evaluator scores for that image, mapped back from the 224x224 frame to the original
-pixels (``x * W / 224``, ``y * H / 224``).
+pixels (inclusive pixel edges: ``x0 * W / 224`` .. ``(x1 + 1) * W / 224 - 1``; a box
+reaching the frame's last pixel reaches the image's).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from bcct.boxes import RESIZE, box_at_threshold, prepare_scoremap
+from bcct.boxes import RESIZE, box_at_threshold, prepare_scoremap, unscale_boxes
 from bcct.data.images import load_rgb, to_rgb
 from bcct.data.transforms import test_transform
 from bcct.errors import BadInput
@@ -176,14 +177,13 @@ class Localizer:
             height, width = int(chw.shape[-2]), int(chw.shape[-1])
             map224 = prepare_scoremap(raw[j], RESIZE)
             box224 = box_at_threshold(map224, tau, multi_contour=multi_box)
-            scale = np.array([width / RESIZE, height / RESIZE, width / RESIZE, height / RESIZE])
             ci = top_i[j][0]
             preds.append(Prediction(
                 class_index=int(ci),
                 class_name=self.class_names[ci],
                 score=float(top_p[j][0]),
                 top5=[(int(i), self.class_names[i], float(p)) for i, p in zip(top_i[j], top_p[j])],
-                boxes=box224.astype(np.float64) * scale,
+                boxes=unscale_boxes(box224, (width, height)),
                 threshold=float(tau),
                 readout=name,
                 map=_map_at(map224, width, height),

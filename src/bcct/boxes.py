@@ -173,3 +173,16 @@ def scale_boxes(boxes_xyxy: Any, image_size_wh: tuple[float, float], size: int =
     width, height = map(float, image_size_wh)
     boxes = to_numpy(boxes_xyxy).astype(np.float64).reshape(-1, 4)
     return (boxes * float(size) / np.array([width, height, width, height])).astype(np.int64)
+
+
+def unscale_boxes(boxes_xyxy: Any, image_size_wh: tuple[float, float], size: int = RESIZE) -> np.ndarray:
+    """Map inclusive-pixel xyxy boxes from the ``size x size`` frame back to an image of
+    ``image_size_wh``: a box covering pixels ``x0..x1`` covers ``[x0, x1 + 1)`` of the frame,
+    so its image box is ``x0 * W / size .. (x1 + 1) * W / size - 1`` (a full-frame box ends at
+    the image's last pixel, W - 1). The evaluator's "no box" ``[0, 0, 0, 0]`` stays as it is.
+    Returns float64 ``[K, 4]``."""
+    width, height = map(float, image_size_wh)
+    boxes = to_numpy(boxes_xyxy).astype(np.float64).reshape(-1, 4)
+    scale = np.array([width, height, width, height]) / float(size)
+    out = (boxes + np.array([0, 0, 1, 1])) * scale - np.array([0, 0, 1, 1])
+    return np.where((boxes == 0).all(axis=1, keepdims=True), 0.0, out)

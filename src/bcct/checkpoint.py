@@ -86,3 +86,20 @@ def set_rng_state(state: dict) -> None:
         np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def trained_state(method) -> dict:
+    """``method.state_dict()`` without its frozen pieces (``method.frozen`` prefixes: e.g. the
+    BC backbone, which the pretrained weights hold already)."""
+    frozen = tuple(getattr(method, "frozen", ()))
+    return {k: v for k, v in method.state_dict().items() if not (frozen and k.startswith(frozen))}
+
+
+def load_trained_state(method, state: dict) -> None:
+    """Load a checkpoint's ``model`` into ``method``: every key but the frozen ones must be
+    there (a checkpoint written before they were left out holds them too, and they load)."""
+    frozen = tuple(getattr(method, "frozen", ()))
+    missing, unexpected = method.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (frozen and k.startswith(frozen))]
+    if missing or unexpected:
+        raise RuntimeError(f"state dict mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")

@@ -247,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:  # a diverged run: every process stops; one prints
+        import os
+
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

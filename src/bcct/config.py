@@ -8,6 +8,7 @@ overrides (OmegaConf dotlist). A few short aliases (``epochs``, ``batch_size``, 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -165,17 +166,49 @@ def to_dict(cfg: Config) -> dict:
 
 
 def from_dict(d: dict) -> Config:
-    """A config saved in a checkpoint; keys this version no longer knows are dropped."""
+    """A config saved in a checkpoint; keys this version no longer knows are dropped, with a
+    warning that names them."""
     schema = OmegaConf.structured(Config)
-    return OmegaConf.to_object(OmegaConf.merge(schema, _known(d, schema)))
+    dropped: list[str] = []
+    known = _known(d, schema, "", dropped)
+    if dropped:
+        warnings.warn(f"config keys this bcct version does not know were dropped: {', '.join(dropped)}",
+                      UserWarning, stacklevel=2)
+    return OmegaConf.to_object(OmegaConf.merge(schema, known))
 
 
-def _known(d: dict, schema) -> dict:
+def _known(d: dict, schema, prefix: str, dropped: list[str]) -> dict:
     out = {}
     for k, v in d.items():
-        if k in schema:
-            structured = OmegaConf.is_config(schema[k]) and OmegaConf.get_type(schema[k]) is not dict
-            out[k] = _known(v, schema[k]) if isinstance(v, dict) and structured else v  # free-form dicts (extra) kept whole
+        if k not in schema:
+            dropped.append(prefix + str(k))
+            continue
+        structured = OmegaConf.is_config(schema[k]) and OmegaConf.get_type(schema[k]) is not dict
+        # free-form dicts (extra) kept whole
+        out[k] = _known(v, schema[k], f"{prefix}{k}.", dropped) if isinstance(v, dict) and structured else v
+    return out
+
+
+# Keys a resumed run may change: they do not change what the steps done so far computed.
+RESUME_HARMLESS = ("optim.epochs", "optim.checkpoint_every", "device", "data.root", "data.backgrounds",
+                   "data.workers", "eval.batch_size")
+
+
+def resume_differences(saved: Config, cfg: Config) -> list[str]:
+    """``key: saved -> now`` for every key (but :data:`RESUME_HARMLESS`) where ``cfg`` differs
+    from the config a checkpoint was trained with."""
+    a, b = _flat(to_dict(saved)), _flat(to_dict(cfg))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k not in RESUME_HARMLESS and a.get(k) != b.get(k)]
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "extra":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
     return out
 
 

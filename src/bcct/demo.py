@@ -23,7 +23,7 @@ from bcct.evaluate import predict
 from bcct.methods import METHODS
 from bcct.report import format_table, map_grid, overlay_grid
 from bcct.sweep import format_sweep
-from bcct.run import evaluate_checkpoint, load_method
+from bcct.run import evaluate_checkpoint, load_method, val_threshold
 from bcct.train import train
 
 FULL = {"data": dict(n_classes=10, n_images=1000, n_backgrounds=120), "overrides": []}
@@ -86,7 +86,7 @@ def _figure(out: Path, methods: list[str], path: Path) -> None:
         ds = WSOLDataset([records[i] for i in picks], test_transform(cfg.data))
         pred = predict(method, ds, cfg, next(method.parameters()).device)
         for readout, maps in pred["maps"].items():
-            tau = ckpt["thresholds"].get(readout, 0.5)
+            tau = val_threshold(ckpt, readout, out / "runs" / name / "best.pt")
             rows.append([{"record": r, "map": m, "threshold": tau, "size": s, "title": f"{name} {readout}"}
                          for r, m, s in zip(ds.records, maps, ds.image_sizes())])
             labels.append(f"{name}/{readout}")

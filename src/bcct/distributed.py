@@ -14,19 +14,25 @@ Choices (each one line in the loop, explained here):
   frozen BC backbone is carried along but never synchronised, and any method works however
   its step calls its pieces (``self.model(...)``, ``self.bc.classify(...)``, ...). The method
   itself is not replaced, so checkpoint keys are those of one process.
-- **find_unused_parameters=True**: a step may leave trainable parameters without a
-  gradient (BC-CT's mask branch during warm-up, its BC classifier in two-stage mode).
+- **find_unused_parameters**: only for a method whose steps may leave trainable parameters
+  without a gradient (``Method.find_unused_parameters``: BC-CT's mask branch during
+  warm-up, its BC classifier in two-stage mode); elsewhere DDP skips that graph walk.
 - **BatchNorm**: converted to SyncBatchNorm on CUDA when there are several processes, so
   statistics are those of the global batch, as in one process. PyTorch's SyncBatchNorm has
   no CPU kernel: on CPU (gloo) each process normalises with its own share of the batch.
 - **Batch size**: ``optim.batch_size`` is the global batch; each process takes
   ``batch_size / world_size``, so the optimisation sees the same batches as one process.
-  (BC-CT end-to-end also draws background images: each process draws its own from
-  (seed, epoch, rank), as many per step as one process would, but not the same ones.)
-- **Two-stage BC training** (``bcct.mode=two_stage``) runs on every process with the same
-  seed and data order (no communication; the time of one process). Wrapping in DDP then
-  broadcasts rank 0's weights, so every process holds identical BC weights even where GPU
-  kernels are not bit-deterministic.
+  BC-CT's background images come from one stream of draws for the run (fixed by the seed),
+  of which each process takes its share of every global batch: together they draw what
+  one process would.
+- **Two-stage BC training** (``bcct.mode=two_stage``) runs in step on every process: each
+  takes its share of the global batch (targets and backgrounds) and the classifier's
+  gradients are averaged, so the steps are one process's; rank 0's BC weights are then
+  broadcast (identical even where GPU kernels are not bit-deterministic). The gradient-map
+  cache is computed in shares (``shard_batches``) and all-gathered.
+- **A non-finite loss** on any process stops every process at the same step with the same
+  message (the losses are all-gathered before the backward pass, whose all-reduce would
+  otherwise wait forever for the stopped process).
 - **Evaluation** is sharded by whole batches and gathered to rank 0 (bcct.evaluate), so
   its numbers equal one process's exactly; rank 0 broadcasts them.
 - **Only rank 0 writes** files and prints.
@@ -125,12 +131,28 @@ class TrainingStep(nn.Module):
 
 def wrap(method: nn.Module, device: torch.device) -> nn.Module:
     """The callable the loop trains through: DDP over :class:`TrainingStep` when several
-    processes run (its construction broadcasts rank 0's weights), else the step itself."""
+    processes run (its construction broadcasts rank 0's weights), else the step itself.
+    ``method.find_unused_parameters`` says whether a step may leave trainable parameters
+    without a gradient (DDP then searches the graph for them every step)."""
     step = TrainingStep(method)
     if not is_distributed():
         return step
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=True)
+    unused = bool(getattr(method, "find_unused_parameters", False))
+    return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=unused)
+
+
+def average_gradients(params) -> None:
+    """Average the ``.grad`` of ``params`` over processes in place (a training loop outside
+    DDP, e.g. two-stage BC-CT's BC stage): each process's step then equals one process's step
+    on the global batch."""
+    if not is_distributed():
+        return
+    world = world_size()
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)
 
 
 def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
@@ -158,6 +180,24 @@ def broadcast_object(obj):
     box = [obj if is_main() else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_objects(obj) -> list:
+    """Every process's ``obj`` in rank order, on every process."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_values(value: float) -> list[float]:
+    """Every process's ``value`` in rank order, on every process (float64)."""
+    if not is_distributed():
+        return [float(value)]
+    parts = [torch.zeros(1, dtype=torch.float64, device=_comm_device()) for _ in range(world_size())]
+    dist.all_gather(parts, torch.tensor([float(value)], dtype=torch.float64, device=_comm_device()))
+    return [float(p.item()) for p in parts]
 
 
 def gather_objects(obj) -> list | None:
@@ -250,19 +290,22 @@ class EpochSampler(DistributedSampler):
 
 
 class Draws(Sampler):
-    """Endless draws with replacement from ``n`` items, fixed by ``key`` (e.g. seed, epoch,
-    rank), as ``(*key, draw number, index)`` keys for :class:`SeededSamples`; the first
-    ``skip`` draws are passed over without loading anything (a resumed run)."""
+    """Endless draws with replacement from ``n`` items, fixed by ``key`` (e.g. seed), as
+    ``(*key, draw number, index)`` keys for :class:`SeededSamples`; the first ``skip`` draws
+    are passed over without loading anything (a resumed run). ``shard`` = (rank, world,
+    batch): of every run of ``world * batch`` draws (a global batch) this process takes its
+    ``batch``, so the processes together draw what one process would."""
 
-    def __init__(self, n: int, key: tuple[int, ...], skip: int = 0):
+    def __init__(self, n: int, key: tuple[int, ...], skip: int = 0, shard: tuple[int, int, int] = (0, 1, 1)):
         self.n, self.key, self.skip = n, tuple(key), skip
+        self.rank, self.world, self.batch = shard
 
     def __iter__(self) -> Iterator[tuple[int, ...]]:
         gen = torch.Generator().manual_seed(sample_seed(*self.key))
         j = 0
         while True:
             for index in torch.randint(self.n, (4096,), generator=gen).tolist():
-                if j >= self.skip:
+                if j >= self.skip and (j // self.batch) % self.world == self.rank:
                     yield (*self.key, j, index)
                 j += 1
 

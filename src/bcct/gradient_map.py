@@ -34,9 +34,10 @@ SMOOTHGRAD_NOISE = 0.15  # noise std as a fraction of the image's value range (S
 
 def input_gradient(bc, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(gradient [B,3,H,W], features, logits) of ``bc`` at ``images``; the features are
-    returned so that the BC classifier can be trained on them without a second forward."""
-    with torch.enable_grad():
-        x = images.detach().requires_grad_(True)
+    returned so that the BC classifier can be trained on them without a second forward.
+    Always in fp32, autocast or not: a half-precision input gradient underflows (fp16)."""
+    with torch.enable_grad(), torch.autocast(images.device.type, enabled=False):
+        x = images.detach().float().requires_grad_(True)
         feats = bc.features(x)
         logits = bc.classify(feats)
         (grad,) = torch.autograd.grad(logits.sum(), x)

@@ -44,13 +44,18 @@ def component_labels(masks: torch.Tensor, connectivity: int = 8, max_iter: int |
 
 
 def largest_component(masks: torch.Tensor, connectivity: int = 8) -> torch.Tensor:
-    """Keep, per image, only the connected part with the most pixels (ties: the first found).
+    """Keep, per image, only the connected part with the most pixels; of tied parts, the one
+    whose first pixel comes first in raster order (the same rule on both paths).
 
     On CPU one scipy.ndimage.label call labels the whole batch (3-D structure with no links
     across images); on GPU the batched label propagation above keeps the work on the device.
     """
     if masks.device.type == "cpu":
         return _largest_component_scipy(masks, connectivity)
+    return _largest_component_propagation(masks, connectivity)
+
+
+def _largest_component_propagation(masks: torch.Tensor, connectivity: int = 8) -> torch.Tensor:
     b, h, w = masks.shape
     labels = component_labels(masks, connectivity)
     flat = labels.flatten(1)
@@ -58,8 +63,11 @@ def largest_component(masks: torch.Tensor, connectivity: int = 8) -> torch.Tenso
     valid = flat >= 0
     counts = torch.zeros(b * h * w, device=masks.device, dtype=torch.long)
     counts.scatter_add_(0, (flat + offset)[valid], torch.ones_like(flat[valid]))
-    best = counts.view(b, h * w).argmax(1)
-    keep = (flat == best[:, None]) & valid
+    # The part of the first pixel (raster order) whose part has the most pixels, as scipy's path.
+    size_at = torch.where(valid, counts.view(b, h * w).gather(1, flat.clamp_min(0)), torch.zeros_like(flat))
+    first = size_at.argmax(1)  # the first maximal index (documented for CPU and CUDA)
+    best = flat.gather(1, first[:, None])
+    keep = (flat == best) & valid
     return keep.view(b, h, w)
 
 

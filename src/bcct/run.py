@@ -17,15 +17,19 @@ from bcct.train import resolve_device
 
 def load_method(ckpt_path: str, overrides: list[str] | None = None, device: str = "auto"):
     """(method in eval mode, config, checkpoint dict). The weights come from the checkpoint,
-    so the backbone is built without pretrained weights (nothing is downloaded)."""
+    so the backbone is built without pretrained weights (nothing is downloaded), unless the
+    checkpoint leaves frozen pieces out (``frozen``: e.g. BC-CT's BC backbone), which then
+    come from ``model.pretrained`` as in training."""
     ckpt = checkpoint.load(ckpt_path)
     cfg = from_dict(ckpt["config"])
     if overrides:
         cfg = load_config(None, overrides, **to_dict(cfg))
-    cfg.model.pretrained = "none"
+    if not ckpt.get("frozen"):
+        cfg.model.pretrained = "none"
     method = build_method(cfg, len(ckpt["class_names"]))
+    cfg.model.pretrained = "none"
     try:
-        method.load_state_dict(ckpt["model"])
+        checkpoint.load_trained_state(method, ckpt["model"])
     except RuntimeError:
         saved = ckpt.get("method")
         if saved and saved != cfg.method:
@@ -58,10 +62,13 @@ def _mismatch(expected: dict, given: dict) -> str:
 
 
 def eval_setup(ckpt_path: str, data: str | None = None, split: str = "test", oracle: bool = False,
-               overrides: list[str] | None = None):
+               overrides: list[str] | None = None, fallback_oracle: bool = False):
     """(method, cfg, ckpt, dataset, thresholds) for evaluating a checkpoint on ``split``. The CAM
     threshold is the one chosen on the held-out val split during training (or
-    ``eval.threshold``); ``oracle`` leaves it to be picked on ``split`` itself (None)."""
+    ``eval.threshold``); ``oracle`` leaves it to be picked on ``split`` itself (None). A
+    checkpoint without val-chosen thresholds (``data.val_fraction=0``, a mid-epoch last.pt)
+    is refused unless ``oracle`` or ``fallback_oracle`` (then the results say
+    ``threshold_source: oracle`` and the tables print ORACLE beside them)."""
     method, cfg, ckpt = load_method(ckpt_path, overrides)
     if data:
         cfg.data.root = data
@@ -73,7 +80,22 @@ def eval_setup(ckpt_path: str, data: str | None = None, split: str = "test", ora
     if len(ds) == 0:
         raise BadInput(f"{cfg.data.root}: the {split} split is empty")
     thresholds = None if oracle else ckpt.get("thresholds") or None
+    if thresholds is None and not (oracle or fallback_oracle) and cfg.eval.threshold is None:
+        raise BadInput(f"{ckpt_path}: holds no CAM threshold chosen on val (trained with data.val_fraction=0, or a "
+                       f"mid-epoch last.pt), so it would be chosen on the {split} split itself; pass --oracle to accept "
+                       "that (reported as ORACLE), eval.threshold=T to fix one, or evaluate a best.pt trained with a "
+                       "val split")
     return method, cfg, ckpt, ds, thresholds
+
+
+def val_threshold(ckpt: dict, readout: str, ckpt_path) -> float:
+    """The CAM threshold of ``readout`` chosen on val during training (what a figure cuts
+    at); no made-up default: a checkpoint without one is refused."""
+    thresholds = ckpt.get("thresholds") or {}
+    if readout not in thresholds:
+        raise BadInput(f"{ckpt_path}: holds no val-chosen CAM threshold for readout {readout!r} "
+                       "(trained with data.val_fraction=0, or a mid-epoch last.pt)")
+    return float(thresholds[readout])
 
 
 def describe(metrics: dict, cfg, split: str, ckpt_path: str, ckpt: dict) -> dict:
@@ -82,9 +104,9 @@ def describe(metrics: dict, cfg, split: str, ckpt_path: str, ckpt: dict) -> dict
 
 
 def evaluate_checkpoint(ckpt_path: str, data: str | None = None, split: str = "test", oracle: bool = False,
-                        overrides: list[str] | None = None, progress: bool = True) -> dict:
+                        overrides: list[str] | None = None, progress: bool = True, fallback_oracle: bool = False) -> dict:
     """Metrics of a checkpoint on ``split`` (see :func:`eval_setup` for the threshold)."""
-    method, cfg, ckpt, ds, thresholds = eval_setup(ckpt_path, data, split, oracle, overrides)
+    method, cfg, ckpt, ds, thresholds = eval_setup(ckpt_path, data, split, oracle, overrides, fallback_oracle)
     device = next(method.parameters()).device
     results = evaluate(method, ds, cfg, device, thresholds=thresholds, progress=progress)
     return describe(flatten(results), cfg, split, ckpt_path, ckpt)

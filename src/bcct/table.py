@@ -137,7 +137,8 @@ def run_table(out: str | Path, data: str | Path | None = None, methods: list[str
         if progress:
             print(f"[table] {label}: {run_dir}")
         status = train_or_reuse(cfg, run_dir, progress=progress)
-        metrics = plain(evaluate_checkpoint(str(run_dir / "best.pt"), data=str(data), split="test", progress=False))
+        metrics = plain(evaluate_checkpoint(str(run_dir / "best.pt"), data=str(data), split="test", progress=False,
+                                                   fallback_oracle=True))  # marked ORACLE in the table
         metrics["run"] = status
         if status != "reused":
             metrics["train_seconds"] = round(time.time() - t0, 1)
@@ -153,7 +154,7 @@ def run_table(out: str | Path, data: str | Path | None = None, methods: list[str
         sweep_text = _sweep_section(bc_rows[0], sweep)
 
     figure = out / "figure.png"
-    _figure(out, [label for label, _, _ in rows], figure)
+    _figure(out, {label: results[label]["threshold"] for label, _, _ in rows}, figure)
     write_text_atomic(json.dumps(results, indent=2) + "\n", out / "table.json")
     write_text_atomic(to_csv(results), out / "table.csv")
     md = _markdown(results, data, config, user, sweep_text, figure.name, round(time.time() - t_start, 1))
@@ -164,14 +165,9 @@ def run_table(out: str | Path, data: str | Path | None = None, methods: list[str
 # -- outputs ------------------------------------------------------------------------------------
 
 def _row_values(metrics: dict) -> dict[str, str]:
-    from bcct.report import COLUMNS
+    from bcct.report import COLUMNS, cell
 
-    values = {}
-    for key, header, as_error in COLUMNS:
-        if key in metrics:
-            v = float(metrics[key])
-            values[header] = f"{v:.2f}" if as_error is None else f"{100 * (1 - v if as_error else v):.2f}"
-    return values
+    return {header: cell(metrics, key, as_error) for key, header, as_error in COLUMNS if key in metrics}
 
 
 def to_csv(results: dict[str, dict]) -> str:
@@ -214,8 +210,9 @@ def _sweep_section(label: str, sweep: dict) -> str:
             "delta is chosen.\n\n" + format_sweep(sweep, "val") + "\n")
 
 
-def _figure(out: Path, labels: list[str], path: Path) -> None:
-    """Rows: methods (primary readout); columns: the same test images."""
+def _figure(out: Path, thresholds: dict[str, float], path: Path) -> None:
+    """Rows: methods (primary readout, cut at the threshold its table row used); columns: the
+    same test images."""
     from bcct.data.dataset import WSOLDataset
     from bcct.data.readers import read_dataset
     from bcct.data.transforms import test_transform
@@ -224,14 +221,13 @@ def _figure(out: Path, labels: list[str], path: Path) -> None:
     from bcct.run import load_method
 
     rows, row_labels = [], []
-    for label in labels:
-        method, cfg, ckpt = load_method(str(out / "runs" / label / "best.pt"))
+    for label, tau in thresholds.items():
+        method, cfg, _ = load_method(str(out / "runs" / label / "best.pt"))
         records = read_dataset(cfg.data, seed=cfg.seed).split("test")
         picks = np.unique(np.linspace(0, len(records) - 1, min(N_FIGURE, len(records))).astype(int))
         ds = WSOLDataset([records[i] for i in picks], test_transform(cfg.data))
         pred = predict(method, ds, cfg, next(method.parameters()).device)
         readout, maps = next(iter(pred["maps"].items()))
-        tau = ckpt["thresholds"].get(readout, 0.5)
         rows.append([{"record": r, "map": m, "threshold": tau, "size": s, "title": f"{label} ({readout})"}
                      for r, m, s in zip(ds.records, maps, ds.image_sizes())])
         row_labels.append(label)

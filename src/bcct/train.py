@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from bcct import checkpoint, distributed
-from bcct.config import Config, to_dict, to_yaml
+from bcct.config import RESUME_HARMLESS, Config, from_dict, resume_differences, to_dict, to_yaml
 from bcct.data.background_set import make_background_set
 from bcct.data.dataset import WSOLDataset, collate
 from bcct.data.readers import read_dataset
@@ -87,14 +88,19 @@ def _ignore_sigint(worker_id: int) -> None:
 
 
 def background_batches(cfg: Config, folder: str, batch_size: int, train_paths=(), key=None, skip: int = 0):
-    """An endless stream of background batches, drawn with replacement (paper 3.2).
-    ``folder`` = "auto" crops them from the training images' borders. ``key`` (e.g. seed,
-    epoch, rank) fixes the draws and their augmentation (default: from torch's generator);
-    ``skip`` passes over the first batches (a resumed run)."""
+    """An endless stream of background batches of ``batch_size`` per process, drawn with
+    replacement (paper 3.2). ``folder`` = "auto" crops them from the training images'
+    borders. ``key`` (e.g. the seed) fixes the draws and their augmentation (default: from
+    torch's generator); with several processes each takes its share of every global batch,
+    so together they draw what one process would. ``skip`` passes over the first batches (a
+    resumed run). As many loading workers as the main loader; one stream serves the whole
+    run (its workers stay alive across epochs)."""
     bg = make_background_set(folder, list(train_paths), train_transform(cfg.data))
     key = tuple(key) if key is not None else (int(torch.randint(2**62, ()).item()),)
+    world = distributed.world_size()
+    draws = distributed.Draws(len(bg), key, skip * batch_size * world, shard=(distributed.rank(), world, batch_size))
     loader = DataLoader(distributed.SeededSamples(bg, cfg.seed), batch_size=batch_size,
-                        sampler=distributed.Draws(len(bg), key, skip * batch_size), num_workers=min(1, cfg.data.workers),
+                        sampler=draws, num_workers=cfg.data.workers,
                         drop_last=True, pin_memory=torch.cuda.is_available(), worker_init_fn=_ignore_sigint,
                         generator=torch.Generator())
     return iter(loader)
@@ -165,8 +171,7 @@ def train_one_epoch(model, method, optimizer, scaler, loader, device, epoch: int
             batch["background"] = next(backgrounds).to(device, non_blocking=True).contiguous(memory_format=fmt)
         with autocast(cfg, device):
             loss, logs = model(batch)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}; lower the learning rate")
+        check_finite(loss.item(), f"at epoch {epoch}, step {step}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -181,6 +186,16 @@ def train_one_epoch(model, method, optimizer, scaler, loader, device, epoch: int
     return meter.reduced()
 
 
+def check_finite(loss: float, where: str) -> None:
+    """Stop on a NaN or infinite loss, on every process at once (a process that stopped alone
+    would leave the others waiting in the gradient all-reduce): the same message everywhere."""
+    losses = distributed.all_values(loss)
+    bad = [(r, v) for r, v in enumerate(losses) if not math.isfinite(v)]
+    if bad:
+        on = f" on rank {', '.join(str(r) for r, _ in bad)}" if len(losses) > 1 else ""
+        raise FloatingPointError(f"loss is {bad[0][1]}{on} {where}; lower the learning rate")
+
+
 def make_checkpoint(method, optimizer, scheduler, cfg: Config, epoch: int, class_names, thresholds, val,
                     step: int = 0, scaler=None, rng=None, logs=None) -> dict:
     """``epoch`` finished (``step`` 0), or ``step`` steps into ``epoch`` (a resume point).
@@ -188,7 +203,8 @@ def make_checkpoint(method, optimizer, scheduler, cfg: Config, epoch: int, class
     return {
         "format": checkpoint.FORMAT,
         "method": cfg.method,
-        "model": method.state_dict(),
+        "model": checkpoint.trained_state(method),
+        "frozen": list(method.frozen),  # left out of "model": rebuilt from model.pretrained
         "optimizer": optimizer.state_dict(),
         "lr_scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {},
@@ -224,6 +240,10 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
     if len(train_ds) == 0:
         raise BadInput(f"{cfg.data.root}: the train split is empty; check train_test_split.txt")
     val_ds.image_sizes()  # validate val images and boxes before any training time is spent
+    if len(val_ds) == 0 and cfg.eval.threshold is None and main:
+        warnings.warn(f"{cfg.data.root}: the val split is empty (data.val_fraction={cfg.data.val_fraction:g}): no CAM "
+                      "threshold is chosen on val, so any evaluation must pick it on the split it scores (oracle, "
+                      "`bcct eval --oracle`); set data.val_fraction > 0 or eval.threshold", UserWarning, stacklevel=2)
     sampler = distributed.EpochSampler(train_ds, cfg.seed, batch_size)
     loader = DataLoader(distributed.SeededSamples(train_ds, cfg.seed), batch_size=batch_size, sampler=sampler,
                         drop_last=len(sampler) > batch_size, num_workers=cfg.data.workers, collate_fn=collate,
@@ -247,7 +267,12 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
     _score({}, 0, cfg.eval.select)  # a bad eval.select fails before any training
     if resume and (out_dir / "last.pt").is_file():
         resumed = checkpoint.load(out_dir / "last.pt")
-        method.load_state_dict(resumed["model"])
+        changed = resume_differences(from_dict(resumed["config"]), cfg)
+        if changed:
+            raise BadInput(f"{out_dir / 'last.pt'}: --resume with a config that differs from the one it was trained "
+                           f"with ({'; '.join(changed)}); resume with the same config (only "
+                           f"{', '.join(RESUME_HARMLESS)} may change) or train into a new --out")
+        checkpoint.load_trained_state(method, resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["lr_scheduler"])
         if resumed.get("scaler") and scaler.is_enabled():
@@ -281,16 +306,17 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
                                    rng=[s["rng"] for s in states], logs=[s["logs"] for s in states])
             checkpoint.save_atomic(ckpt, out_dir / "last.pt")
 
+    backgrounds = None
+    if method.needs_backgrounds:  # half a batch: the BC model takes as many targets (bcct.py)
+        sampler.set_epoch(start_epoch)
+        drawn = start_epoch * len(loader) + start_step  # one batch per step of every epoch before
+        backgrounds = background_batches(cfg, folder, max(1, batch_size // 2), train_paths, key=(cfg.seed,), skip=drawn)
     with GracefulStop() as stop:
         for epoch in range(start_epoch, cfg.optim.epochs):
             t0 = time.time()
             first_step = start_step if epoch == start_epoch else 0
             sampler.set_epoch(epoch, skip_batches=first_step)
             meter = _start_epoch_state(cfg.seed, epoch, rank, world, resumed if first_step else None)
-            backgrounds = None
-            if method.needs_backgrounds:  # half a batch: the BC model takes as many targets (bcct.py)
-                backgrounds = background_batches(cfg, folder, max(1, batch_size // 2), train_paths,
-                                                 key=(cfg.seed, epoch, rank), skip=first_step)
             train_logs = train_one_epoch(model, method, optimizer, scaler, loader, device, epoch, cfg, meter,
                                          first_step, backgrounds, lambda step, m: save_last(epoch, step, m), stop, progress)
             scheduler.step()

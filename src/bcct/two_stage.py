@@ -15,38 +15,53 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from bcct import distributed
 from bcct.bc_model import bc_loss
 from bcct.data.dataset import WSOLDataset, collate
 from bcct.data.transforms import test_transform
+from bcct.evaluate import make_loader
 from bcct.mask import mask_codes
-from bcct.train import background_batches
+from bcct.train import background_batches, per_process_batch
 
 
 def train_bc(method, train_ds: WSOLDataset, background_folder: str, device, progress: bool = True) -> dict:
-    """Paper 3.2: BCE on target vs background images drawn in equal numbers, frozen features."""
+    """Paper 3.2: BCE on target vs background images drawn in equal numbers, frozen features.
+
+    With several processes each takes its share of every global batch (targets as the main
+    loop shards them, backgrounds as :func:`bcct.train.background_batches` does) and the
+    classifier's gradients are averaged, so every process takes one process's steps (up to
+    float summation order); rank 0's weights are then broadcast, so all hold the same BC."""
     cfg = method.cfg
     bc = method.bc
+    distributed.broadcast_state(bc)  # every process starts from rank 0's BC model
     bc.train()
     params = [p for p in bc.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.bcct.bc_lr, momentum=cfg.optim.momentum)
-    bgs = background_batches(cfg, background_folder, cfg.optim.batch_size, [r.path for r in train_ds.records])
-    loader = DataLoader(train_ds, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
-                        num_workers=cfg.data.workers, collate_fn=collate)
+    batch = per_process_batch(cfg.optim.batch_size, distributed.world_size())
+    seed = distributed.sample_seed(cfg.seed, 1) % 2**62  # draws apart from the CT epochs'
+    bgs = background_batches(cfg, background_folder, batch, [r.path for r in train_ds.records], key=(seed,))
+    sampler = distributed.EpochSampler(train_ds, seed, batch)
+    loader = DataLoader(distributed.SeededSamples(train_ds, seed), batch_size=batch, sampler=sampler, drop_last=True,
+                        num_workers=cfg.data.workers, collate_fn=collate, pin_memory=device.type == "cuda")
     stats = {}
     for epoch in range(cfg.bcct.bc_epochs):
-        accs = []
-        for batch in tqdm(loader, desc=f"BC epoch {epoch}", leave=False, disable=None if progress else True):
+        sampler.set_epoch(epoch)
+        sums = [0.0, 0.0, 0]  # loss, accuracy, steps
+        for batch_ in tqdm(loader, desc=f"BC epoch {epoch}", leave=False, disable=None if progress else True):
             with torch.no_grad():
-                ft = bc.features(batch["image"].to(device))
+                ft = bc.features(batch_["image"].to(device))
                 fb = bc.features(next(bgs).to(device))
             loss, acc = bc_loss(bc, ft, fb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(params)
             opt.step()
-            accs.append(acc)
-        stats = {"bc_epoch": epoch, "bc_loss": loss.item(), "bc_acc": sum(accs) / max(len(accs), 1)}
+            sums = [sums[0] + loss.item(), sums[1] + acc, sums[2] + 1]
+        loss_sum, acc_sum, steps = distributed.all_sum(sums)
+        stats = {"bc_epoch": epoch, "bc_loss": loss_sum / max(steps, 1), "bc_acc": acc_sum / max(steps, 1)}
         if progress:
             print(f"BC epoch {epoch}: loss {stats['bc_loss']:.3f} acc {stats['bc_acc']:.3f}", flush=True)
+    distributed.broadcast_state(bc)
     bc.eval()
     return stats
 
@@ -56,14 +71,21 @@ CACHE_REDUCTION = 4  # cached masks are stored at image_size / 4 per side
 
 def cache_masks(method, train_ds: WSOLDataset, device) -> list[torch.Tensor]:
     """One uint8 code map per training image: its BC mask on the whole (resized,
-    un-augmented) image, reduced to image_size / 4 per side with nearest neighbour."""
+    un-augmented) image, reduced to image_size / 4 per side with nearest neighbour. With
+    several processes each masks its share of the batches and every process gets them all."""
     cfg = method.cfg
     plain = WSOLDataset(train_ds.records, test_transform(cfg.data))
-    loader = DataLoader(plain, batch_size=cfg.eval.batch_size, num_workers=cfg.data.workers, collate_fn=collate)
+    batches = distributed.shard_batches(len(plain), cfg.eval.batch_size)
     side = max(1, cfg.data.image_size // CACHE_REDUCTION)
-    codes = []
-    for batch in loader:
+    mine = []
+    for batch in make_loader(plain, cfg, batches):
         maps = method.gradient_maps(batch["image"].to(device))[0]
-        c = mask_codes(*method.masks(maps))
-        codes.extend(F.interpolate(c[:, None].float(), size=(side, side), mode="nearest")[:, 0].to(torch.uint8).cpu())
-    return codes
+        codes = mask_codes(*method.masks(maps))
+        small = F.interpolate(codes[:, None].float(), size=(side, side), mode="nearest")[:, 0].to(torch.uint8).cpu()
+        mine.append((batch["index"].tolist(), small))
+    masks: list[torch.Tensor | None] = [None] * len(plain)
+    for share in distributed.all_gather_objects(mine):
+        for index, m in share:
+            for i, one in zip(index, m):
+                masks[i] = one
+    return masks

@@ -30,6 +30,10 @@ class Method(nn.Module):
 
     name = "base"
     needs_backgrounds = False  # True: the loop adds batch["background"], half a batch of Background Image Set images
+    # state-dict prefixes of pieces never trained (they come from the pretrained weights): left out of checkpoints
+    frozen: tuple[str, ...] = ()
+    # True: a step may leave trainable parameters without a gradient (DDP must look for them)
+    find_unused_parameters = False
 
     def __init__(self, cfg: Config, num_classes: int):
         super().__init__()

@@ -48,11 +48,20 @@ class BCCT(Method):
         its BC model in ``prepare``."""
         return self.cfg.bcct.mode == "end2end"
 
+    @property
+    def find_unused_parameters(self) -> bool:
+        """Two-stage CT steps leave the BC classifier without a gradient; warm-up epochs leave
+        the mask branch without one."""
+        return self.cfg.bcct.mode == "two_stage" or self.cfg.bcct.warmup_epochs > 0
+
     def __init__(self, cfg: Config, num_classes: int):
         super().__init__(cfg, num_classes)
         b = cfg.bcct
         self.model = CTModel(cfg.model, num_classes, mask_branch=b.mask_target in ("branch", "both"))
         self.bc = BCModel(cfg.model, b.bc_hidden)
+        # The BC backbone is never trained: checkpoints leave it out and loading rebuilds it from
+        # the pretrained weights (a random one, model.pretrained=none, cannot be rebuilt: kept).
+        self.frozen = ("bc.features.",) if cfg.model.pretrained != "none" else ()
         self.mask_on = True
         # two-stage: set once the BC model has been trained (saved with the checkpoint)
         self.register_buffer("bc_ready", torch.zeros((), dtype=torch.bool))

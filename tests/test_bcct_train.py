@@ -1,0 +1,134 @@
+"""BC-CT in the training loop: the background stream (sized like the main loader, one per
+run, resumable), and the training step's masks and losses checked against known values."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+
+from bcct import checkpoint
+from bcct import train as train_module
+from bcct.methods.bcct import BCCT
+from bcct.train import background_batches, train
+
+# 4 steps of 4 per epoch on the tiny set (19 train images after the val split, last batch dropped).
+STEPS = ["epochs=2", "optim.batch_size=4", "bcct.warmup_epochs=0", "bcct.mode=end2end"]
+
+
+def _same_weights(a, b) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------------------------------
+# The background stream
+# ---------------------------------------------------------------------------------------
+
+
+def test_background_loader_has_as_many_workers_as_the_main_loader(make_tiny_cfg, tiny_data):
+    cfg = make_tiny_cfg("data.workers=2", method="bcct")
+    stream = background_batches(cfg, str(tiny_data / "backgrounds"), 2, key=(0, 0))
+    assert stream._num_workers == 2
+    assert next(stream).shape == (2, 3, 32, 32)
+    del stream
+
+
+def test_background_stream_is_built_once_per_run(make_tiny_cfg, tmp_path, monkeypatch):
+    built = []
+
+    def spy(*args, **kwargs):
+        built.append(kwargs.get("skip"))
+        return background_batches(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "background_batches", spy)
+    train(make_tiny_cfg(*STEPS, method="bcct"), tmp_path / "run", progress=False)
+    assert built == [0]  # not one per epoch
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_bcct(make_tiny_cfg, tmp_path_factory):
+    run = tmp_path_factory.mktemp("bcct_ref") / "run"
+    train(make_tiny_cfg(*STEPS, method="bcct"), run, progress=False)
+    return run
+
+
+def test_bcct_resumed_mid_epoch_draws_the_same_backgrounds(make_tiny_cfg, uninterrupted_bcct, tmp_path, monkeypatch):
+    """Stopped at epoch 1 step 3, resumed: the stream skips the 7 batches drawn before, so
+    the weights equal the uninterrupted run's."""
+    run = tmp_path / "run"
+    calls = {"n": 0}
+    step = BCCT.training_step
+
+    def ctrl_c_at_step_7(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, batch)
+
+    monkeypatch.setattr(BCCT, "training_step", ctrl_c_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_tiny_cfg(*STEPS, method="bcct"), run, progress=False)
+    stopped = checkpoint.load(run / "last.pt")
+    assert (stopped["epoch"], stopped["step"]) == (1, 3)
+    monkeypatch.setattr(BCCT, "training_step", step)
+    train(make_tiny_cfg(*STEPS, method="bcct"), run, progress=False, resume=True)
+    _same_weights(checkpoint.load(run / "last.pt")["model"], checkpoint.load(uninterrupted_bcct / "last.pt")["model"])
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints hold what is trained, not the frozen BC backbone
+# ---------------------------------------------------------------------------------------
+
+
+def test_checkpoints_leave_out_the_frozen_bc_backbone(make_tiny_cfg, uninterrupted_bcct):
+    from bcct.run import evaluate_checkpoint, load_method
+
+    for name in ("last.pt", "best.pt"):
+        ckpt = checkpoint.load(uninterrupted_bcct / name)
+        assert ckpt["frozen"] == ["bc.features."]
+        assert not [k for k in ckpt["model"] if k.startswith("bc.features.")], name
+        assert any(k.startswith("bc.classifier.") for k in ckpt["model"])
+    # Loading rebuilds the frozen backbone from the pretrained weights it was trained with:
+    # the val numbers (the BC masks' validity among them) come out as training recorded them.
+    best = checkpoint.load(uninterrupted_bcct / "best.pt")
+    method, _, _ = load_method(str(uninterrupted_bcct / "best.pt"), device="cpu")
+    fresh = BCCT(make_tiny_cfg(*STEPS, method="bcct"), 3)
+    for k, v in fresh.bc.features.state_dict().items():
+        assert torch.equal(method.bc.features.state_dict()[k], v), k
+    val = evaluate_checkpoint(str(uninterrupted_bcct / "best.pt"), split="val", progress=False)
+    for key in ("top1_loc", "gt_known", "mask_validity", "threshold"):
+        assert val[key] == pytest.approx(best["val"]["cam"][key]), key
+
+
+def test_checkpoints_with_the_frozen_backbone_still_load(uninterrupted_bcct, tmp_path):
+    """A checkpoint written before the frozen pieces were left out holds them (random here,
+    to see that they are the ones loaded) and no "frozen" entry."""
+    from bcct.run import load_method
+
+    ckpt = checkpoint.load(uninterrupted_bcct / "best.pt")
+    method, _, _ = load_method(str(uninterrupted_bcct / "best.pt"), device="cpu")
+    old = {f"bc.features.{k}": torch.randn_like(v) if v.is_floating_point() else v
+           for k, v in method.bc.features.state_dict().items()}
+    ckpt["model"] = {**ckpt["model"], **old}
+    del ckpt["frozen"]
+    checkpoint.save_atomic(ckpt, tmp_path / "old.pt")
+    loaded, _, _ = load_method(str(tmp_path / "old.pt"), device="cpu")
+    for k, v in old.items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_a_random_frozen_backbone_is_saved(make_tiny_cfg, tmp_path):
+    """model.pretrained=none: the BC backbone is random, so nothing could rebuild it; it is saved."""
+    from bcct.run import load_method
+
+    run = tmp_path / "run"
+    train(make_tiny_cfg("epochs=1", "model.pretrained=none", method="bcct"), run, progress=False)
+    ckpt = checkpoint.load(run / "last.pt")
+    assert ckpt["frozen"] == [] and any(k.startswith("bc.features.") for k in ckpt["model"])
+    method, _, _ = load_method(str(run / "last.pt"), device="cpu")
+    for k, v in method.state_dict().items():
+        assert torch.equal(v, ckpt["model"][k]), k

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         secs = m.get("train_seconds") or _train_seconds(out / "runs" / label)
         for readout, r in [(m["readout"], m)] + [(k, v) for k, v in m.items() if isinstance(v, dict) and "top1_loc" in v]:
             lines.append(f"| {label} ({readout}) | {pct(r['top1_loc'])} | {pct(r['top5_loc'])} | {pct(r['gt_known'])} | "
-                         f"{pct(r.get('maxboxacc_v2'))} | {pct(m.get('top1_cls'))} | {pct(m.get('mask_validity'))} | "
+                         f"{pct(r.get('maxboxacc_v2'))} | {pct(m.get('cls_top1'))} | {pct(m.get('mask_validity'))} | "
                          f"{pct(m.get('mask_iou50'))} | {'-' if secs is None else f'{secs / 60:.1f}'} |")
 
     bc_rows = [label for label in results if label == "bcct" or label.startswith("bcct")]

@@ -20,11 +20,10 @@ from torchvision.transforms.v2 import functional as TF
 from bcct import cam, checkpoint
 from bcct.bc_model import BCModel, bc_loss
 from bcct.config import ModelConfig, load_config
-from bcct.data.background_set import BackgroundSet
 from bcct.data.dataset import WSOLDataset, collate
 from bcct.data.images import load_rgb
 from bcct.data.readers import read_dataset
-from bcct.data.transforms import denormalize, test_transform as plain_transform, train_transform
+from bcct.data.transforms import denormalize, train_transform
 from bcct.gradient_map import input_gradient, normalize, reduce_channels, smooth
 from bcct import mask as mask_module
 from bcct.mask import (_largest_component_propagation, _largest_component_scipy, component_labels, decode_masks,

@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -29,11 +28,9 @@ from bcct.config import load_config
 from bcct.data.dataset import WSOLDataset, collate
 from bcct.data.readers import read_dataset
 from bcct.data.transforms import test_transform, train_transform
-from bcct.evaluate import to_original
 from bcct.gradient_map import postprocess, pretrained_gradcam, pretrained_gradient, reduce_channels, saliency
-from bcct.mask import bc_mask, mask_boxes
 from bcct.methods import build_method
-from bcct.metrics import mask_validity
+from bcct.sweep import score_maps
 from bcct.two_stage import train_bc
 
 DELTAS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -57,17 +54,9 @@ VARIANTS = [
 
 
 def mask_scores(maps: torch.Tensor, ds: WSOLDataset, size: int, deltas=DELTAS) -> dict:
-    """{delta: (IoU50, BC*, mean mask area)} of the largest-part masks of ``maps``."""
-    from torchvision.ops import box_iou
-
-    gts, sizes = [r.boxes for r in ds.records], ds.image_sizes()
-    out = {}
-    for d in deltas:
-        m = bc_mask(maps, d)
-        boxes = to_original(mask_boxes(m).numpy(), sizes, size)
-        iou = [box_iou(torch.as_tensor(boxes[i:i + 1]), torch.as_tensor(g)).max().item() for i, g in enumerate(gts)]
-        out[d] = (float(np.mean(np.array(iou) >= 0.5)), float(mask_validity(boxes, gts).mean()), float(m.float().mean()))
-    return out
+    """{delta: (IoU50, BC*, mean mask area)} of the largest-part masks of ``maps`` (all of ``ds``)."""
+    r = score_maps([maps], ds, size, deltas)
+    return {d: (v["mask_iou50"], v["mask_validity"], v["mask_area"]) for d, v in r.items()}
 
 
 def main(argv=None) -> int:

@@ -44,10 +44,16 @@ def pretrained_sweep(cfg, ds: WSOLDataset, deltas=DELTAS, batch_size: int = 64, 
 
 def maps_sweep(maps_of, ds: WSOLDataset, size: int, deltas=DELTAS, batch_size: int = 64, workers: int = 0) -> dict:
     """:func:`mask_sweep` for any ``maps_of(images) -> [B,H,W] maps in [0, 1]``."""
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    return score_maps((maps_of(batch["image"]).detach() for batch in loader), ds, size, deltas)
+
+
+def score_maps(maps_batches, ds: WSOLDataset, size: int, deltas=DELTAS) -> dict:
+    """The sweep's numbers for maps already made: ``maps_batches`` yields [B,H,W] maps in
+    [0, 1] (``size`` x ``size``) for the images of ``ds``, in its order."""
     boxes = {d: [] for d in deltas}
     areas = {d: [] for d in deltas}
-    for batch in DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate):
-        maps = maps_of(batch["image"]).detach()
+    for maps in maps_batches:
         for d in deltas:
             m = bc_mask(maps, d)
             boxes[d].append(mask_boxes(m).cpu().numpy())

@@ -33,13 +33,14 @@ TINY_OVERRIDES = [
 def standin_cache(tmp_path_factory) -> Path:
     """``BCCT_CACHE`` -> session tmp dir holding quickly made stand-in backbone weights."""
     from bcct import checkpoint, pretrain
+    from bcct.backbones import make_vgg
 
     cache = tmp_path_factory.mktemp("bcct_cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BCCT_CACHE", str(cache))
         path = pretrain.standin_path()
         assert path.parent == cache, "standin_path() must follow $BCCT_CACHE"
-        state, stats = pretrain.pretrain_standin(steps=5, pool=64, log=None)
+        state, stats = pretrain.pretrain_standin(make_vgg, steps=5, pool=64, log=None)
         checkpoint.save_atomic({"backbone": state, "stats": stats}, path)
         yield cache
 

@@ -12,7 +12,8 @@ import torch
 from bcct import checkpoint
 from bcct import train as train_module
 from bcct.methods.bcct import BCCT
-from bcct.train import background_batches, train
+from bcct.data.background_set import background_batches
+from bcct.train import train
 
 # 4 steps of 4 per epoch on the tiny set (19 train images after the val split, last batch dropped).
 STEPS = ["epochs=2", "optim.batch_size=4", "bcct.warmup_epochs=0", "bcct.mode=end2end"]

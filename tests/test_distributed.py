@@ -30,7 +30,9 @@ import torch.multiprocessing as mp
 from bcct import backbones, checkpoint, distributed
 from bcct.backbones import make_vgg
 from bcct.run import evaluate_checkpoint
-from bcct.train import amp_dtype, autocast, memory_format, per_process_batch, train
+from bcct.distributed import per_process_batch
+from bcct.runtime import amp_dtype, autocast, memory_format
+from bcct.train import train
 
 from conftest import TINY_OVERRIDES
 
@@ -300,7 +302,7 @@ def test_bf16_autocast_runs_a_training_step_on_cpu(make_tiny_cfg, tmp_path):
     cfg = make_tiny_cfg("amp=bf16")
     method = build_method(cfg, 3).train()
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
-    with autocast(cfg, torch.device("cpu")):
+    with autocast(cfg.amp, torch.device("cpu")):
         out = method(images)
         loss, logs = method.training_step({"image": images, "label": labels})
     assert out["logits"].dtype == torch.bfloat16 and loss.dtype == torch.float32

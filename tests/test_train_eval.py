@@ -213,9 +213,9 @@ def test_weights_mismatch_is_bad_input(trained, tmp_path):
 
 def test_standin_weights_come_from_the_session_cache(standin_cache):
     """The autouse fixture's 5-step weights are what `pretrained: standin` loads (no ~/.cache)."""
-    from bcct import backbones, pretrain
+    from bcct import backbones, pretrain, runtime
 
-    assert backbones.cache_dir() == standin_cache
+    assert runtime.cache_dir() == standin_cache
     saved = torch.load(pretrain.standin_path(), map_location="cpu", weights_only=True)
     assert saved["stats"]["steps"] == 5
     net = backbones.build_backbone("small_vgg", "standin")

@@ -21,6 +21,7 @@ from torch import nn
 
 from bcct.config import IMAGENET_MEAN, IMAGENET_STD
 from bcct.errors import BadInput
+from bcct.pretrain import standin_weights
 
 BACKBONES: dict[str, Callable[[str], nn.Module]] = {}
 
@@ -31,11 +32,6 @@ def register(name: str):
         return fn
 
     return deco
-
-
-def cache_dir() -> Path:
-    """Where bcct keeps derived weights (the stand-in pretraining): $BCCT_CACHE or ~/.cache/bcct."""
-    return Path(os.environ.get("BCCT_CACHE", Path.home() / ".cache" / "bcct"))
 
 
 def build_backbone(name: str, pretrained: str = "none") -> nn.Module:
@@ -159,10 +155,8 @@ def small_vgg(pretrained: str = "none") -> nn.Sequential:
     """The CPU backbone of the embedded default (stride 8: 8x8 maps at 64 px)."""
     net = make_vgg()
     if pretrained.startswith("standin"):  # "standin" or "standin-<steps>" (shorter pretraining)
-        from bcct.pretrain import standin_weights
-
         steps = int(pretrained.split("-")[1]) if "-" in pretrained else None
-        net.load_state_dict(standin_weights(steps=steps))
+        net.load_state_dict(standin_weights(make_vgg, steps=steps))
     elif pretrained == "imagenet":
         raise BadInput("small_vgg has no ImageNet weights; use pretrained=standin (synthetic) or none")
     return net

@@ -113,11 +113,12 @@ def cmd_synth(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
+    from bcct.backbones import make_vgg
     from bcct.pretrain import standin_path, standin_weights
 
     if args.force:
         standin_path(args.steps).unlink(missing_ok=True)
-    standin_weights(args.steps)
+    standin_weights(make_vgg, args.steps)
     print(f"stand-in weights: {standin_path(args.steps)}")
     return 0
 

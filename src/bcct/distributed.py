@@ -51,6 +51,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from bcct.errors import BadInput
+
 # ---------------------------------------------------------------------------- process group
 
 
@@ -78,6 +80,14 @@ def is_distributed() -> bool:
 
 def _joined() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+def per_process_batch(batch_size: int, world: int) -> int:
+    """``optim.batch_size`` is the global batch, split evenly over the processes."""
+    if batch_size % world:
+        raise BadInput(f"optim.batch_size={batch_size} is the global batch and must divide evenly over "
+                       f"{world} processes; choose a multiple of {world}")
+    return batch_size // world
 
 
 def local_device(device: torch.device) -> torch.device:

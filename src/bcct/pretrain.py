@@ -4,12 +4,15 @@ The embedded default mirrors the paper's pipeline (pretrained backbone: frozen i
 fine-tuned in CT), so the small backbone needs "pretrained" weights. We train it once on
 a disjoint synthetic task (shape classes, never the benchmark's creatures; see
 ``bcct.data.synth.render_pretrain_batch``) and cache the weights under ``cache_dir()``.
+The backbone comes from its builder (``bcct.backbones.make_vgg``, which asks for these
+weights): this module knows the task, not the architecture.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -17,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bcct import checkpoint
-from bcct.backbones import cache_dir, make_vgg
 from bcct.config import IMAGENET_MEAN, IMAGENET_STD
+from bcct.runtime import cache_dir
 
 DEFAULTS = {"steps": 400, "batch_size": 64, "size": 64, "pool": 4000, "lr": 0.05, "seed": 1234}
 
@@ -30,10 +33,11 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
-def pretrain_standin(steps: int = DEFAULTS["steps"], batch_size: int = DEFAULTS["batch_size"], size: int = DEFAULTS["size"],
+def pretrain_standin(build: Callable[[], nn.Module], steps: int = DEFAULTS["steps"], batch_size: int = DEFAULTS["batch_size"], size: int = DEFAULTS["size"],
                      pool: int = DEFAULTS["pool"], lr: float = DEFAULTS["lr"], seed: int = DEFAULTS["seed"],
                      log=print) -> tuple[dict, dict]:
-    """Train small_vgg + GAP + linear on the shape task. Returns (backbone state, stats)."""
+    """Train ``build()`` (a backbone with ``out_channels``) + GAP + linear on the shape task.
+    Returns (backbone state, stats)."""
     from bcct.data.synth import PRETRAIN_CLASSES, render_pretrain_batch
 
     t0 = time.time()
@@ -42,7 +46,7 @@ def pretrain_standin(steps: int = DEFAULTS["steps"], batch_size: int = DEFAULTS[
     images, labels = render_pretrain_batch(pool, size, rng)
     held_images, held_labels = render_pretrain_batch(512, size, rng)
     x_all, y_all = _to_tensor(images), torch.from_numpy(labels)
-    backbone = make_vgg()
+    backbone = build()
     model = nn.Sequential(backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(backbone.out_channels, len(PRETRAIN_CLASSES)))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -70,13 +74,13 @@ def standin_path(steps: int | None = None) -> Path:
     return cache_dir() / f"small_vgg_standin_v2_s{steps or DEFAULTS['steps']}.pt"
 
 
-def standin_weights(steps: int | None = None, log=print) -> dict:
+def standin_weights(build: Callable[[], nn.Module], steps: int | None = None, log=print) -> dict:
     """The cached stand-in weights, pretraining once (about 1.5 minutes on 2 cores) if absent."""
     path = standin_path(steps)
     if not path.is_file():
         if log:
             log(f"pretraining the small backbone on the stand-in task (once; cached at {path})")
-        state, stats = pretrain_standin(steps=steps or DEFAULTS["steps"], log=log)
+        state, stats = pretrain_standin(build, steps=steps or DEFAULTS["steps"], log=log)
         if log:
             log(f"stand-in pretraining done: held-out accuracy {stats['held_out_acc']:.3f} in {stats['seconds']} s")
         checkpoint.save_atomic({"backbone": state, "stats": stats}, path)

@@ -12,7 +12,7 @@ from bcct.data.transforms import test_transform
 from bcct.errors import BadInput
 from bcct.evaluate import evaluate, flatten
 from bcct.methods import build_method
-from bcct.train import resolve_device
+from bcct.runtime import resolve_device
 
 
 def load_method(ckpt_path: str, overrides: list[str] | None = None, device: str = "auto"):

@@ -13,144 +13,25 @@ from __future__ import annotations
 
 import json
 import math
-import random
-import signal
-import sys
-import threading
 import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from bcct import checkpoint, distributed
 from bcct.config import RESUME_HARMLESS, Config, from_dict, resume_differences, to_dict, to_yaml
-from bcct.data.background_set import make_background_set
+from bcct.data.background_set import background_batches, make_background_set
 from bcct.data.dataset import WSOLDataset, collate
 from bcct.data.readers import read_dataset
 from bcct.data.transforms import test_transform, train_transform
 from bcct.errors import BadInput
 from bcct.evaluate import evaluate
+from bcct.meters import Averages
 from bcct.methods import build_method
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput(f"device={name} asked for but CUDA is not available; use device=cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-AMP = {"false": None, "off": None, "none": None, "no": None, "0": None, "": None,
-       "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-
-
-def amp_dtype(value) -> torch.dtype | None:
-    """``amp`` config value -> autocast dtype (None: full precision)."""
-    key = str(value).strip().lower()
-    if key not in AMP:
-        raise BadInput(f"amp={value}: use false, bf16 (A100/H100 GPUs, CPU) or fp16 (older GPUs; with loss scaling)")
-    return AMP[key]
-
-
-def autocast(cfg: Config, device: torch.device):
-    """Mixed precision for the training step (evaluation stays in full precision)."""
-    dtype = amp_dtype(cfg.amp)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
-def memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last on CUDA (tensor-core convolutions are faster); plain layout on CPU."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
-
-
-def per_process_batch(batch_size: int, world_size: int) -> int:
-    """``optim.batch_size`` is the global batch, split evenly over the processes."""
-    if batch_size % world_size:
-        raise BadInput(f"optim.batch_size={batch_size} is the global batch and must divide evenly over "
-                       f"{world_size} processes; choose a multiple of {world_size}")
-    return batch_size // world_size
-
-
-def _ignore_sigint(worker_id: int) -> None:
-    """Data-loading workers leave Ctrl-C to the main process, which stops at a step boundary."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def background_batches(cfg: Config, folder: str, batch_size: int, train_paths=(), key=None, skip: int = 0):
-    """An endless stream of background batches of ``batch_size`` per process, drawn with
-    replacement (paper 3.2). ``folder`` = "auto" crops them from the training images'
-    borders. ``key`` (e.g. the seed) fixes the draws and their augmentation (default: from
-    torch's generator); with several processes each takes its share of every global batch,
-    so together they draw what one process would. ``skip`` passes over the first batches (a
-    resumed run). As many loading workers as the main loader; one stream serves the whole
-    run (its workers stay alive across epochs)."""
-    bg = make_background_set(folder, list(train_paths), train_transform(cfg.data))
-    key = tuple(key) if key is not None else (int(torch.randint(2**62, ()).item()),)
-    world = distributed.world_size()
-    draws = distributed.Draws(len(bg), key, skip * batch_size * world, shard=(distributed.rank(), world, batch_size))
-    loader = DataLoader(distributed.SeededSamples(bg, cfg.seed), batch_size=batch_size,
-                        sampler=draws, num_workers=cfg.data.workers,
-                        drop_last=True, pin_memory=torch.cuda.is_available(), worker_init_fn=_ignore_sigint,
-                        generator=torch.Generator())
-    return iter(loader)
-
-
-class Averages:
-    """Running means of the per-step logs; ``reduced()`` averages over processes too."""
-
-    def __init__(self, state: dict | None = None):
-        self.sums: dict[str, float] = dict(state["sums"]) if state else {}
-        self.n = state["n"] if state else 0
-
-    def update(self, logs: dict) -> None:
-        for k, v in logs.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        self.n += 1
-
-    def state(self) -> dict:
-        return {"sums": dict(self.sums), "n": self.n}
-
-    def reduced(self) -> dict:
-        keys = list(self.sums)
-        n, *sums = distributed.all_sum([self.n] + [self.sums[k] for k in keys])
-        return {k: s / max(n, 1) for k, s in zip(keys, sums)}
-
-
-class GracefulStop:
-    """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop at the next step boundary, where it
-    writes last.pt; a second Ctrl-C stops at once. Only in the main thread."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        if distributed.is_main():
-            print("stopping after this step; last.pt keeps it (Ctrl-C again: stop now)", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+from bcct.runtime import GracefulStop, amp_dtype, autocast, ignore_sigint, memory_format, resolve_device, seed_everything
 
 
 def train_one_epoch(model, method, optimizer, scaler, loader, device, epoch: int, cfg: Config, meter: Averages,
@@ -169,7 +50,7 @@ def train_one_epoch(model, method, optimizer, scaler, loader, device, epoch: int
         batch["image"] = batch["image"].contiguous(memory_format=fmt)
         if backgrounds is not None:
             batch["background"] = next(backgrounds).to(device, non_blocking=True).contiguous(memory_format=fmt)
-        with autocast(cfg, device):
+        with autocast(cfg.amp, device):
             loss, logs = model(batch)
         check_finite(loss.item(), f"at epoch {epoch}, step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -231,7 +112,7 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, resume: bool 
 def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, resume: bool) -> dict:
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     amp_dtype(cfg.amp)  # a bad value fails before any work
-    batch_size = per_process_batch(cfg.optim.batch_size, world)
+    batch_size = distributed.per_process_batch(cfg.optim.batch_size, world)
     seed_everything(cfg.seed)
 
     wset = read_dataset(cfg.data, seed=cfg.seed)
@@ -248,7 +129,7 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
     loader = DataLoader(distributed.SeededSamples(train_ds, cfg.seed), batch_size=batch_size, sampler=sampler,
                         drop_last=len(sampler) > batch_size, num_workers=cfg.data.workers, collate_fn=collate,
                         pin_memory=device.type == "cuda", persistent_workers=cfg.data.workers > 0,
-                        worker_init_fn=_ignore_sigint, generator=torch.Generator())
+                        worker_init_fn=ignore_sigint, generator=torch.Generator())
 
     with distributed.main_first():  # rank 0 downloads (or pretrains) weights into the cache first
         method = build_method(cfg, wset.num_classes)

@@ -17,18 +17,18 @@ from tqdm import tqdm
 
 from bcct import distributed
 from bcct.bc_model import bc_loss
+from bcct.data.background_set import background_batches
 from bcct.data.dataset import WSOLDataset, collate
 from bcct.data.transforms import test_transform
 from bcct.evaluate import make_loader
 from bcct.mask import mask_codes
-from bcct.train import background_batches, per_process_batch
 
 
 def train_bc(method, train_ds: WSOLDataset, background_folder: str, device, progress: bool = True) -> dict:
     """Paper 3.2: BCE on target vs background images drawn in equal numbers, frozen features.
 
     With several processes each takes its share of every global batch (targets as the main
-    loop shards them, backgrounds as :func:`bcct.train.background_batches` does) and the
+    loop shards them, backgrounds as :func:`bcct.data.background_set.background_batches` does) and the
     classifier's gradients are averaged, so every process takes one process's steps (up to
     float summation order); rank 0's weights are then broadcast, so all hold the same BC."""
     cfg = method.cfg
@@ -37,7 +37,7 @@ def train_bc(method, train_ds: WSOLDataset, background_folder: str, device, prog
     bc.train()
     params = [p for p in bc.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.bcct.bc_lr, momentum=cfg.optim.momentum)
-    batch = per_process_batch(cfg.optim.batch_size, distributed.world_size())
+    batch = distributed.per_process_batch(cfg.optim.batch_size, distributed.world_size())
     seed = distributed.sample_seed(cfg.seed, 1) % 2**62  # draws apart from the CT epochs'
     bgs = background_batches(cfg, background_folder, batch, [r.path for r in train_ds.records], key=(seed,))
     sampler = distributed.EpochSampler(train_ds, seed, batch)

@@ -7,11 +7,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
+from bcct import distributed
 from bcct.data.images import IMAGE_SUFFIXES, list_images, load_rgb
+from bcct.data.transforms import train_transform
 from bcct.errors import BadInput
+from bcct.runtime import ignore_sigint
 
 
 def find_backgrounds(folder: str | Path) -> list[Path]:
@@ -106,3 +109,22 @@ class BackgroundSet(Dataset):
         img = load_rgb(self.paths[index])
         t = tv_tensors.Image(torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous())
         return self.transform(t)
+
+
+def background_batches(cfg, folder: str, batch_size: int, train_paths=(), key=None, skip: int = 0):
+    """An endless stream of background batches of ``batch_size`` per process, drawn with
+    replacement (paper 3.2). ``folder`` = "auto" crops them from the training images'
+    borders. ``key`` (e.g. the seed) fixes the draws and their augmentation (default: from
+    torch's generator); with several processes each takes its share of every global batch,
+    so together they draw what one process would. ``skip`` passes over the first batches (a
+    resumed run). As many loading workers as the main loader (``cfg.data.workers``); one
+    stream serves the whole run (its workers stay alive across epochs)."""
+    bg = make_background_set(folder, list(train_paths), train_transform(cfg.data))
+    key = tuple(key) if key is not None else (int(torch.randint(2**62, ()).item()),)
+    world = distributed.world_size()
+    draws = distributed.Draws(len(bg), key, skip * batch_size * world, shard=(distributed.rank(), world, batch_size))
+    loader = DataLoader(distributed.SeededSamples(bg, cfg.seed), batch_size=batch_size,
+                        sampler=draws, num_workers=cfg.data.workers,
+                        drop_last=True, pin_memory=torch.cuda.is_available(), worker_init_fn=ignore_sigint,
+                        generator=torch.Generator())
+    return iter(loader)

@@ -1,0 +1,91 @@
+"""Where a run executes: the device, random seeds, mixed precision, memory layout, the
+weights cache, and stopping cleanly on Ctrl-C. Knows no model, data set or method."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bcct import distributed
+from bcct.errors import BadInput
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when there is one, else the CPU; ``cuda`` without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput(f"device={name} asked for but CUDA is not available; use device=cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def cache_dir() -> Path:
+    """Where bcct keeps derived weights (the stand-in pretraining): $BCCT_CACHE or ~/.cache/bcct."""
+    return Path(os.environ.get("BCCT_CACHE", Path.home() / ".cache" / "bcct"))
+
+
+AMP = {"false": None, "off": None, "none": None, "no": None, "0": None, "": None,
+       "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def amp_dtype(value) -> torch.dtype | None:
+    """``amp`` config value -> autocast dtype (None: full precision)."""
+    key = str(value).strip().lower()
+    if key not in AMP:
+        raise BadInput(f"amp={value}: use false, bf16 (A100/H100 GPUs, CPU) or fp16 (older GPUs; with loss scaling)")
+    return AMP[key]
+
+
+def autocast(amp, device: torch.device):
+    """Mixed precision for the training step (evaluation stays in full precision)."""
+    dtype = amp_dtype(amp)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA (tensor-core convolutions are faster); plain layout on CPU."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def ignore_sigint(worker_id: int) -> None:
+    """Data-loading workers leave Ctrl-C to the main process, which stops at a step boundary."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class GracefulStop:
+    """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop at the next step boundary, where it
+    writes last.pt; a second Ctrl-C stops at once. Only in the main thread."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if distributed.is_main():
+            print("stopping after this step; last.pt keeps it (Ctrl-C again: stop now)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

@@ -7,13 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from bcct import cam
+from bcct import class_maps
 from bcct.config import from_dict, load_config, to_dict
 from bcct.errors import BadInput
 from bcct.methods import build_method
 from bcct.methods.acol import erase
 from bcct.methods.adl import ADL
-from bcct.methods.common import normalize_maps
 from bcct.methods.has import grid_pixels, hide_patches
 from bcct.methods.spg import masked_bce, spg_mask
 
@@ -143,7 +142,7 @@ def test_has_fill_is_the_training_mean_and_nothing_is_hidden_at_test(make_tiny_c
 def test_acol_erases_where_the_normalised_cam_reaches_the_threshold():
     feats = torch.ones(1, 2, 3, 3)
     cam_a = torch.tensor([[[0.0, 1.0, 2.0], [3.0, 4.0, 5.0], [6.0, 7.0, 10.0]]])  # normalised: /10
-    erased = erase(feats, normalize_maps(cam_a), 0.6)
+    erased = erase(feats, class_maps.normalize_maps(cam_a), 0.6)
     expected_zero = torch.tensor([[False, False, False], [False, False, False], [True, True, True]])
     assert (erased[0, :, expected_zero] == 0).all() and (erased[0, :, ~expected_zero] == 1).all()
 
@@ -174,7 +173,7 @@ def test_acol_branch_b_sees_the_features_erased_by_classifier_a(make_tiny_cfg):
 
 def test_acol_has_two_classifiers_and_two_cross_entropies(make_tiny_cfg, batch):
     method = _method(make_tiny_cfg, "acol").train()
-    assert isinstance(method.head_a, cam.CAMHead) and isinstance(method.head_b, cam.CAMHead)
+    assert isinstance(method.head_a, class_maps.CAMHead) and isinstance(method.head_b, class_maps.CAMHead)
     assert method.head_a is not method.head_b
     loss, logs = method.training_step(batch)
     assert logs["loss"] == pytest.approx(logs["cls_loss_a"] + logs["cls_loss_b"], rel=1e-5)

@@ -17,19 +17,19 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torchvision.transforms.v2 import functional as TF
 
-from bcct import cam, checkpoint
+from bcct import checkpoint, class_maps
 from bcct.bc_model import BCModel, bc_loss
 from bcct.config import ModelConfig, load_config
 from bcct.data.dataset import WSOLDataset, collate
 from bcct.data.images import load_rgb
 from bcct.data.readers import read_dataset
 from bcct.data.transforms import denormalize, train_transform
-from bcct.gradient_map import input_gradient, normalize, reduce_channels, smooth
+from bcct.gradient_map import input_gradient, reduce_channels, smooth
 from bcct import mask as mask_module
 from bcct.mask import (_largest_component_propagation, _largest_component_scipy, component_labels, decode_masks,
-                       largest_component, mask_boxes, mask_codes, threshold)
+                       largest_component, mask_boxes, mask_codes, delta_mask)
 from bcct.methods import build_method
-from bcct.methods.bcct import BCCT, mask_loss
+from bcct.methods.bc_ct import BCCT, mask_loss
 from bcct.run import evaluate_checkpoint
 from bcct.train import train
 
@@ -149,26 +149,26 @@ def test_reduce_channels_by_hand():
 
 def test_normalize_by_hand():
     maps = torch.tensor([[[1.0, 2.0], [3.0, 5.0]], [[0.0, 0.0], [0.0, 0.0]]])
-    out = normalize(maps, "max")  # / 5
+    out = class_maps.normalize_maps(maps, "max")  # / 5
     assert torch.allclose(out[0], torch.tensor([[0.2, 0.4], [0.6, 1.0]]))
     assert torch.equal(out[1], torch.zeros(2, 2))  # an all-zero map stays zero (no NaN)
-    out = normalize(maps, "minmax")  # (x - 1) / 4
+    out = class_maps.normalize_maps(maps, "minmax")  # (x - 1) / 4
     assert torch.allclose(out[0], torch.tensor([[0.0, 0.25], [0.5, 1.0]]))
     assert torch.equal(out[1], torch.zeros(2, 2))
     # Median of (1,2,3,5) with linear interpolation = 2.5 -> 0.4, 0.8, then clipped to 1.
-    out = normalize(maps, "percentile", percentile=0.5)
+    out = class_maps.normalize_maps(maps, "percentile", percentile=0.5)
     assert torch.allclose(out[0], torch.tensor([[0.4, 0.8], [1.0, 1.0]]))
     # 99th percentile: position 0.99*3 = 2.97 between 3 and 5 -> 3 + 0.97*2 = 4.94.
-    out = normalize(maps, "percentile")
+    out = class_maps.normalize_maps(maps, "percentile")
     assert torch.allclose(out[0], torch.tensor([[1 / 4.94, 2 / 4.94], [3 / 4.94, 1.0]]))
-    out = normalize(maps, "sqrt")  # sqrt(x / 5)
+    out = class_maps.normalize_maps(maps, "sqrt")  # sqrt(x / 5)
     assert torch.allclose(out[0], torch.tensor([[0.2, 0.4], [0.6, 1.0]]).sqrt())
     assert torch.equal(out[1], torch.zeros(2, 2))
     for how in ("max", "minmax", "percentile", "sqrt"):
-        out = normalize(torch.randn(3, 7, 9).abs() * 100, how)
+        out = class_maps.normalize_maps(torch.randn(3, 7, 9).abs() * 100, how)
         assert out.min() >= 0 and out.max() <= 1 and torch.allclose(out.flatten(1).amax(1), torch.ones(3))
     with pytest.raises(ValueError):
-        normalize(maps, "softmax")
+        class_maps.normalize_maps(maps, "softmax")
 
 
 def test_smooth_identity_and_mass():
@@ -193,14 +193,14 @@ def test_smooth_identity_and_mass():
 # ---------------------------------------------------------------------------------------
 
 
-def test_threshold_eq2_by_hand():
+def test_delta_mask_eq2_by_hand():
     # max 2.0, delta 0.5 -> keep G >= 1.0 (exactly representable, so ">=" is tested).
     maps = torch.tensor([[[0.0, 1.0, 0.999], [2.0, 1.5, 0.2]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
-    m = threshold(maps, 0.5)
+    m = delta_mask(maps, 0.5)
     assert m.dtype == torch.bool
     assert m[0].tolist() == [[False, True, False], [True, True, False]]
     assert not m[1].any()  # all-zero map: empty mask (not "everything >= 0")
-    assert threshold(maps, 1.0)[0].tolist() == [[False, False, False], [True, False, False]]
+    assert delta_mask(maps, 1.0)[0].tolist() == [[False, False, False], [True, False, False]]
 
 
 def _random_blobs(rng: np.random.Generator) -> np.ndarray:
@@ -508,12 +508,12 @@ def test_training_step_supervises_with_the_known_mask(mode, target):
     out = method.model(images)  # train mode, the same batch: the same outputs as in the step
     weight = torch.ones(4, 32, 32)
     weight[3] = 0
-    readouts = {"cam": cam.select(out["cams"], labels), "branch": out.get("branch")}
+    readouts = {"cam": class_maps.select(out["cams"], labels), "branch": out.get("branch")}
     targets = ["cam", "branch"] if target == "both" else [target]
-    want = sum(mask_loss(cam.upsample(readouts[t], (32, 32)), mask, weight).item() for t in targets)
+    want = sum(mask_loss(class_maps.upsample(readouts[t], (32, 32)), mask, weight).item() for t in targets)
     assert logs["mask_loss"] == pytest.approx(want, rel=1e-5)
     # A different mask would give a different loss: the comparison can fail.
-    assert abs(sum(mask_loss(cam.upsample(readouts[t], (32, 32)), ~mask, weight).item() for t in targets)
+    assert abs(sum(mask_loss(class_maps.upsample(readouts[t], (32, 32)), ~mask, weight).item() for t in targets)
                - want) > 1e-3
 
 

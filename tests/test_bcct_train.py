@@ -11,7 +11,7 @@ import torch
 
 from bcct import checkpoint
 from bcct import train as train_module
-from bcct.methods.bcct import BCCT
+from bcct.methods.bc_ct import BCCT
 from bcct.data.background_set import background_batches
 from bcct.train import train
 

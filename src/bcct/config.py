@@ -75,7 +75,7 @@ class EvalConfig:
 
 @dataclass
 class BCCTConfig:
-    delta: float = 0.8  # Eq. 2 threshold (paper Table 3 best: 0.8)
+    delta: float = 0.8  # Eq. 2: the mask keeps G >= delta * max(G) (paper Table 3 best: 0.8)
     mask_weight: float = 1.0  # lambda in l_CT = l_cls + lambda * l_mask (paper Eq. 6: 1)
     mask_loss: str = "bce"  # bce (full per-pixel BCE) | paper (Eq. 5 literal: -sum M log A)
     mask_target: str = "both"  # cam (upsampled GT-class CAM, Eq. 5) | branch (separate branch, 4.1) | both

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bcct import cam
+from bcct import class_maps
 from bcct.backbones import build_backbone
 from bcct.config import ModelConfig
 
@@ -16,7 +16,7 @@ class MaskBranch(nn.Module):
 
     def __init__(self, in_channels: int, width: int, batch_norm: bool = False):
         super().__init__()
-        self.net = nn.Sequential(cam.conv_block(in_channels, width, batch_norm), nn.Conv2d(width, 1, 1))
+        self.net = nn.Sequential(class_maps.conv_block(in_channels, width, batch_norm), nn.Conv2d(width, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(1)
@@ -29,7 +29,7 @@ class CTModel(nn.Module):
     def __init__(self, cfg: ModelConfig, num_classes: int, mask_branch: bool = False):
         super().__init__()
         self.backbone = build_backbone(cfg.backbone, cfg.pretrained)
-        self.head = cam.CAMHead(self.backbone.out_channels, num_classes, cfg.head_width, cfg.head_bn)
+        self.head = class_maps.CAMHead(self.backbone.out_channels, num_classes, cfg.head_width, cfg.head_bn)
         # The paper feeds the branch "the feature map after the top fully convolutional
         # layer"; we take the backbone features so it does not compete with the class maps.
         self.branch = MaskBranch(self.backbone.out_channels, cfg.head_width, cfg.head_bn) if mask_branch else None
@@ -44,7 +44,7 @@ class CTModel(nn.Module):
     def forward(self, images: torch.Tensor) -> dict:
         feats = self.backbone(images)
         cams = self.head(feats)
-        out = {"features": feats, "cams": cams, "logits": cam.logits(cams)}
+        out = {"features": feats, "cams": cams, "logits": class_maps.logits(cams)}
         if self.branch is not None:
             out["branch"] = self.branch(feats)
         return out

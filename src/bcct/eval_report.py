@@ -158,7 +158,7 @@ def write_report(out: str | Path, run: dict) -> Path:
             "",
             f"## BC-mask delta sweep ({metrics['split']} split)",
             "",
-            f"Masks of the BC model thresholded at each delta (trained with delta {cfg.bcct.delta:g}); "
+            f"Masks of the BC model cut at each delta (trained with delta {cfg.bcct.delta:g}); "
             "BC* err: share of masks whose box neither reaches IoU 0.5 with a GT box nor covers one.",
             "",
             format_sweep(sweep, metrics["split"], cfg.bcct.normalize),

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from bcct.class_maps import normalize_maps
+
 MAPS = ("input_gradient", "grad_x_input", "smoothgrad", "gradcam")
 SMOOTHGRAD_SAMPLES = 8  # Smilkov et al. use 50; 8 keeps the cost bounded (measured in docs/bcct.md)
 SMOOTHGRAD_NOISE = 0.15  # noise std as a fraction of the image's value range (Smilkov et al.: 0.1-0.2)
@@ -103,32 +105,6 @@ def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return TF.gaussian_blur(maps.unsqueeze(1), [k, k], [sigma, sigma]).squeeze(1)
 
 
-def normalize(maps: torch.Tensor, how: str = "max", percentile: float = 0.99) -> torch.Tensor:
-    """Per-image scaling to [0, 1].
-
-    - ``max``: divide by the maximum (the literal reading of Eq. 2's ``delta * max(G)``).
-    - ``percentile``: divide by the ``percentile`` quantile and clip at 1, so a few spiky
-      pixels cannot set the scale.
-    - ``sqrt``: square root of the max-normalised map: gradient magnitudes are heavy-tailed;
-      delta on this scale is delta^2 on Eq. 2's raw scale (:func:`raw_delta`).
-    - ``minmax``: subtract the minimum, then divide by the range.
-    """
-    flat = maps.flatten(1)
-    if how == "max":
-        out = flat / flat.amax(1).clamp_min(1e-12)[:, None]
-    elif how == "percentile":
-        scale = torch.quantile(flat, percentile, dim=1)
-        out = (flat / scale.clamp_min(1e-12)[:, None]).clamp(max=1)
-    elif how == "sqrt":
-        out = (flat / flat.amax(1).clamp_min(1e-12)[:, None]).sqrt()
-    elif how == "minmax":
-        lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
-        out = (flat - lo) / (hi - lo).clamp_min(1e-12)
-    else:
-        raise ValueError(f"normalisation {how!r}: use max, sqrt, percentile or minmax")
-    return out.view_as(maps)
-
-
 def raw_delta(delta: float, how: str) -> float | None:
     """What ``delta`` on the ``how`` scale means on Eq. 2's raw scale, as a fraction of
     max(G): ``sqrt`` at 0.8 keeps G >= 0.64 max(G). None where no fixed fraction exists
@@ -140,7 +116,7 @@ def postprocess(maps: torch.Tensor, stride: int, cells: float = 0.0, blur: float
     """Raw saliency [B,H,W] -> map in [0, 1]: pool over ``cells`` backbone cells of
     ``stride`` pixels, blur with sigma ``blur`` x the image side, normalise."""
     side = max(maps.shape[-2:])
-    return normalize(smooth(pool_cells(maps, round(cells * stride)), blur * side), norm)
+    return normalize_maps(smooth(pool_cells(maps, round(cells * stride)), blur * side), norm)
 
 
 def literal(b):

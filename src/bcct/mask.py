@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 
-def threshold(maps: torch.Tensor, delta: float) -> torch.Tensor:
+def delta_mask(maps: torch.Tensor, delta: float) -> torch.Tensor:
     """Eq. 2: M = 1 where G >= delta * max(G) (per image)."""
     peak = maps.flatten(1).amax(1).view(-1, *([1] * (maps.dim() - 1)))
     return (maps >= delta * peak) & (peak > 0)
@@ -87,7 +87,7 @@ def _largest_component_scipy(masks: torch.Tensor, connectivity: int = 8) -> torc
 
 def bc_mask(maps: torch.Tensor, delta: float, largest: bool = True) -> torch.Tensor:
     """Eq. 2 and "select the largest part": boolean [B,H,W]."""
-    m = threshold(maps, delta)
+    m = delta_mask(maps, delta)
     return largest_component(m) if largest else m
 
 

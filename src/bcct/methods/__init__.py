@@ -5,5 +5,5 @@ The training loop, the data and the evaluator are shared and know no method by n
 
 from bcct.methods.base import METHODS, Method, build_method, register  # noqa: F401
 from bcct.methods import cam  # noqa: F401  (registers "cam")
-from bcct.methods import bcct  # noqa: F401,E402  (registers "bcct")
+from bcct.methods import bc_ct  # noqa: F401,E402  (registers "bcct")
 from bcct.methods import backprop, has, acol, spg, adl  # noqa: F401,E402  (the baselines of the paper's Tables 1-2)

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bcct import cam
+from bcct import class_maps
 from bcct.config import Config
 from bcct.ct_model import CTModel
 from bcct.methods.base import Method, register
-from bcct.methods.common import check_range, cls_logs, method_params, normalize_maps, split_param_groups
+from bcct.methods.common import check_range, cls_logs, method_params, split_param_groups
 
 
 @dataclass
@@ -57,11 +57,11 @@ class ACoL(Method):
         super().__init__(cfg, num_classes)
         self.params = method_params(cfg, "acol", ACoLParams)
         self.model = CTModel(cfg.model, num_classes)  # backbone + classifier A (model.head)
-        self.head_b = cam.CAMHead(self.model.backbone.out_channels, num_classes, cfg.model.head_width,
+        self.head_b = class_maps.CAMHead(self.model.backbone.out_channels, num_classes, cfg.model.head_width,
                                   cfg.model.head_bn)
 
     @property
-    def head_a(self) -> cam.CAMHead:
+    def head_a(self) -> class_maps.CAMHead:
         return self.model.head
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -72,17 +72,17 @@ class ACoL(Method):
 
     def branch_b(self, feats: torch.Tensor, cams_a: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(CAMs of B, normalised attention of A) with A's map of ``classes`` erased."""
-        attention = normalize_maps(cam.select(cams_a, classes).detach())
+        attention = class_maps.normalize_maps(class_maps.select(cams_a, classes).detach())
         return self.head_b(erase(feats, attention, self.params.erase_threshold)), attention
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
         feats = self.features(images)
         cams_a = self.head_a(feats)
-        logits_a = cam.logits(cams_a)
+        logits_a = class_maps.logits(cams_a)
         erase_classes = logits_a.argmax(1) if labels is None else labels
         cams_b, attention = self.branch_b(feats, cams_a, erase_classes)
         return {"features": feats, "cams": cams_a, "logits": logits_a, "cams_b": cams_b,
-                "logits_b": cam.logits(cams_b), "erase_classes": erase_classes, "attention": attention}
+                "logits_b": class_maps.logits(cams_b), "erase_classes": erase_classes, "attention": attention}
 
     def training_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
         labels = batch["label"]
@@ -98,8 +98,8 @@ class ACoL(Method):
         cams_b = out["cams_b"]
         if not torch.equal(out["erase_classes"], classes):  # erase A's map of the requested class
             cams_b = self.branch_b(out["features"], out["cams"], classes)[0]
-        a = normalize_maps(cam.select(out["cams"], classes))
-        b = normalize_maps(cam.select(cams_b, classes))
+        a = class_maps.normalize_maps(class_maps.select(out["cams"], classes))
+        b = class_maps.normalize_maps(class_maps.select(cams_b, classes))
         return {"cam": torch.maximum(a, b)}
 
     def param_groups(self) -> list[dict]:

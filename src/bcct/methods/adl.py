@@ -32,7 +32,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from bcct import cam
+from bcct import class_maps
 from bcct.config import Config
 from bcct.ct_model import CTModel
 from bcct.errors import BadInput
@@ -141,7 +141,7 @@ class ADLMethod(Method):
         return loss, {"loss": loss.item(), "cls_loss": loss.item(), **cls_logs(out["logits"], batch["label"])}
 
     def score_maps(self, out: dict, classes: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"cam": cam.select(out["cams"], classes)}
+        return {"cam": class_maps.select(out["cams"], classes)}
 
     def param_groups(self) -> list[dict]:
         return split_param_groups(self, self.model.backbone, self.cfg)

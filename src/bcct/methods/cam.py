@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bcct import cam
+from bcct import class_maps
 from bcct.config import Config
 from bcct.ct_model import CTModel
 from bcct.methods.base import Method, register
@@ -28,7 +28,7 @@ class CAM(Method):
         return loss, {"loss": loss.item(), "cls_loss": loss.item(), "acc": acc.item()}
 
     def score_maps(self, out: dict, classes: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"cam": cam.select(out["cams"], classes)}
+        return {"cam": class_maps.select(out["cams"], classes)}
 
     def param_groups(self) -> list[dict]:
         return self.model.param_groups(self.cfg.optim.lr_backbone, self.cfg.optim.lr)

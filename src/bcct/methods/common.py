@@ -1,5 +1,5 @@
 """Helpers shared by the baseline methods: per-method hyperparameters from ``cfg.extra``,
-min-max normalised maps, the backbone's layout (where it downsamples) and parameter groups."""
+the backbone's layout (where it downsamples) and parameter groups."""
 
 from __future__ import annotations
 
@@ -31,15 +31,6 @@ def method_params(cfg: Config, name: str, cls: type[P]) -> P:
 def check_range(name: str, value: float, lo: float, hi: float) -> None:
     if not lo <= value <= hi:
         raise ValueError(f"{name}={value} must be in [{lo}, {hi}]")
-
-
-def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Min-max normalisation of every map over its last two dims (ACoL / SPG
-    ``normalize_atten_maps``); a constant map becomes 0 instead of NaN."""
-    flat = maps.flatten(-2)
-    lo = flat.min(-1, keepdim=True).values
-    hi = flat.max(-1, keepdim=True).values
-    return ((flat - lo) / (hi - lo).clamp_min(eps)).view_as(maps)
 
 
 @torch.no_grad()

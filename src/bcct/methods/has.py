@@ -32,7 +32,7 @@ from bcct.config import Config
 from bcct.ct_model import CTModel
 from bcct.methods.base import Method, register
 from bcct.methods.common import check_range, cls_logs, method_params, split_param_groups
-from bcct import cam
+from bcct import class_maps
 
 REFERENCE_SIZE = 224  # the input side the grid size is quoted at
 
@@ -114,7 +114,7 @@ class HaS(Method):
                       **cls_logs(out["logits"], batch["label"])}
 
     def score_maps(self, out: dict, classes: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"cam": cam.select(out["cams"], classes)}
+        return {"cam": class_maps.select(out["cams"], classes)}
 
     def param_groups(self) -> list[dict]:
         return split_param_groups(self, self.model.backbone, self.cfg)

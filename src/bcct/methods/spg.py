@@ -41,12 +41,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from bcct import cam
+from bcct import class_maps
 from bcct.config import Config
 from bcct.ct_model import CTModel
 from bcct.errors import BadInput
 from bcct.methods.base import Method, register
-from bcct.methods.common import (check_range, cls_logs, downsampling_indices, method_params, normalize_maps,
+from bcct.methods.common import (check_range, cls_logs, downsampling_indices, method_params,
                                  probe_shapes, split_param_groups)
 
 MIN_FG_PIXELS_AT_224 = 30  # SPG mark_obj / wsolevaluation mask_fg
@@ -139,7 +139,7 @@ class SPG(Method):
         body = self.model.head.body(feats)
         cams = self.model.head.classifier(body)
         return {
-            "features": feats, "cams": cams, "logits": cam.logits(cams),
+            "features": feats, "cams": cams, "logits": class_maps.logits(cams),
             "side_shallow": self.side_shared(self.side_shallow(shallow)).squeeze(1),
             "side_deep": self.side_shared(self.side_deep(feats)).squeeze(1),
             "spg_c": self.spg_c(body).squeeze(1),
@@ -147,10 +147,10 @@ class SPG(Method):
 
     def guidance_losses(self, out: dict, labels: torch.Tensor, size: tuple[int, int]) -> dict[str, torch.Tensor]:
         p = self.params
-        att = normalize_maps(cam.upsample(cam.select(out["cams"], labels).detach(), size))
-        deep = cam.upsample(out["side_deep"], size)
-        shallow = cam.upsample(out["side_shallow"], size)
-        c_map = cam.upsample(out["spg_c"], size)
+        att = class_maps.normalize_maps(class_maps.upsample(class_maps.select(out["cams"], labels).detach(), size))
+        deep = class_maps.upsample(out["side_deep"], size)
+        shallow = class_maps.upsample(out["side_shallow"], size)
+        c_map = class_maps.upsample(out["spg_c"], size)
         l_deep = masked_bce(deep, *spg_mask(att, p.att_high, p.att_low))
         l_shallow = masked_bce(shallow, *spg_mask(torch.sigmoid(deep).detach(), p.side_high, p.side_low))
         fused = ((torch.sigmoid(shallow) + torch.sigmoid(deep)) / 2).detach()
@@ -170,7 +170,7 @@ class SPG(Method):
         return loss, logs
 
     def score_maps(self, out: dict, classes: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"cam": cam.select(out["cams"], classes)}
+        return {"cam": class_maps.select(out["cams"], classes)}
 
     def param_groups(self) -> list[dict]:
         return split_param_groups(self, self.model.backbone, self.cfg)

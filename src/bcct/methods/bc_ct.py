@@ -1,5 +1,5 @@
 """BC-CT (the paper): a BC model trained against the Background Image Set gives, through its
-input gradient (Eq. 1) and a threshold (Eq. 2), a foreground mask per training image; the
+input gradient (Eq. 1) and the cut at delta (Eq. 2), a foreground mask per training image; the
 mask supervises the CT model (Eq. 4-6) so that its maps cover the whole object.
 
 Choices where the paper is silent or wrong (each a config key under ``bcct``; see docs):
@@ -17,13 +17,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bcct import cam
+from bcct import class_maps
 from bcct.bc_model import BCModel, bc_loss
 from bcct.config import Config
 from bcct.ct_model import CTModel
 from bcct.gradient_map import bc_maps
-from bcct.mask import bc_mask, decode_masks, mask_boxes, threshold
+from bcct.mask import bc_mask, decode_masks, delta_mask, mask_boxes
 from bcct.methods.base import Method, register
+from bcct.two_stage import cache_masks, train_bc
 
 
 def mask_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str = "bce") -> torch.Tensor:
@@ -98,7 +99,7 @@ class BCCT(Method):
         m = bc_mask(maps, b.delta)
         weight = torch.ones_like(maps)
         if b.ignore_band > 0:
-            sure_bg = ~threshold(maps, b.delta * (1 - b.ignore_band))
+            sure_bg = ~delta_mask(maps, b.delta * (1 - b.ignore_band))
             weight = (m | sure_bg).float()
         empty = ~m.flatten(1).any(1)
         weight[empty] = 0
@@ -108,8 +109,6 @@ class BCCT(Method):
     def prepare(self, train_ds, background_folder, device, progress: bool = True) -> dict | None:
         if self.cfg.bcct.mode != "two_stage":
             return None
-        from bcct.two_stage import cache_masks, train_bc
-
         stats = None
         if not bool(self.bc_ready):
             stats = train_bc(self, train_ds, background_folder, device, progress)
@@ -145,10 +144,10 @@ class BCCT(Method):
             size = images.shape[-2:]
             l_mask = torch.zeros((), device=images.device)
             if b.mask_target in ("cam", "both"):
-                a = cam.upsample(cam.select(out["cams"], labels), size)
+                a = class_maps.upsample(class_maps.select(out["cams"], labels), size)
                 l_mask = l_mask + mask_loss(a, m, weight, b.mask_loss)
             if b.mask_target in ("branch", "both"):
-                a = cam.upsample(out["branch"], size)
+                a = class_maps.upsample(out["branch"], size)
                 l_mask = l_mask + mask_loss(a, m, weight, b.mask_loss)
             loss = loss + b.mask_weight * l_mask
             logs["mask_loss"] = l_mask.item()
@@ -159,7 +158,7 @@ class BCCT(Method):
         return mask_boxes(bc_mask(self.gradient_maps(images)[0], self.cfg.bcct.delta))
 
     def score_maps(self, out: dict, classes: torch.Tensor) -> dict[str, torch.Tensor]:
-        maps = {"cam": cam.select(out["cams"], classes)}
+        maps = {"cam": class_maps.select(out["cams"], classes)}
         if "branch" in out:
             maps["agnostic"] = out["branch"]
         return maps

@@ -1,7 +1,9 @@
-"""Class activation maps (Zhou et al. 2016) from a fully convolutional head (ACoL style).
+"""Class activation maps (Zhou et al. 2016) from a fully convolutional head (ACoL style),
+and the operations every score map goes through in training (pick, upsample, normalise).
 
 The head turns backbone features into one map per class; global average pooling of those
-maps gives the logits, so the maps *are* the CAMs (paper 4.1 and 5.1).
+maps gives the logits, so the maps *are* the CAMs (paper 4.1 and 5.1). Evaluation's own
+resizing and normalisation (float64, as wsolevaluation) is :func:`bcct.boxes.prepare_scoremap`.
 """
 
 from __future__ import annotations
@@ -47,3 +49,30 @@ def select(cams: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear upsampling of [B,h,w] maps to the image size (the "upsampled CAM" of Eq. 5)."""
     return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+
+
+def normalize_maps(maps: torch.Tensor, how: str = "minmax", percentile: float = 0.99) -> torch.Tensor:
+    """Per-map scaling to [0, 1] over the last two dims (any leading dims).
+
+    - ``minmax``: subtract the minimum, then divide by the range; a constant map becomes 0
+      (ACoL / SPG ``normalize_atten_maps``).
+    - ``max``: divide by the maximum (the literal reading of Eq. 2's ``delta * max(G)``).
+    - ``percentile``: divide by the ``percentile`` quantile and clip at 1, so a few spiky
+      pixels cannot set the scale.
+    - ``sqrt``: square root of the max-normalised map: gradient magnitudes are heavy-tailed;
+      delta on this scale is delta^2 on Eq. 2's raw scale (:func:`bcct.gradient_map.raw_delta`).
+    """
+    flat = maps.flatten(-2)
+    if how == "minmax":
+        lo, hi = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+        out = (flat - lo) / (hi - lo).clamp_min(1e-12)
+    elif how == "max":
+        out = flat / flat.amax(-1, keepdim=True).clamp_min(1e-12)
+    elif how == "percentile":
+        scale = torch.quantile(flat, percentile, dim=-1, keepdim=True)
+        out = (flat / scale.clamp_min(1e-12)).clamp(max=1)
+    elif how == "sqrt":
+        out = (flat / flat.amax(-1, keepdim=True).clamp_min(1e-12)).sqrt()
+    else:
+        raise ValueError(f"normalisation {how!r}: use max, sqrt, percentile or minmax")
+    return out.view_as(maps)

@@ -18,7 +18,8 @@ from PIL import Image
 from bcct.boxes import RESIZE, scale_boxes
 from bcct.config import DataConfig, load_config
 from bcct.data.dataset import WSOLDataset
-from bcct.data.ilsvrc import read_ilsvrc, read_wsol_metadata
+from bcct.data.ilsvrc import read_ilsvrc
+from bcct.data.wsol_metadata import read_wsol_metadata
 from bcct.data.readers import READERS, read_dataset
 from bcct.data.transforms import test_transform as eval_transform  # "test_*" would be collected
 from bcct.errors import BadInput

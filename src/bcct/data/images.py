@@ -6,6 +6,7 @@ Every one of them becomes RGB here so nothing downstream needs to care.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -84,3 +85,19 @@ def list_images(folder: str | Path) -> list[Path]:
     """All image files below ``folder`` (recursive), sorted for reproducibility."""
     folder = Path(folder)
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def images_in(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder`` (no recursion), sorted; hidden files skipped."""
+    with os.scandir(folder) as it:
+        return sorted(
+            Path(e.path)
+            for e in it
+            if e.is_file() and not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+        )
+
+
+def subfolders(folder: Path) -> list[Path]:
+    """The folders directly inside ``folder``, sorted; hidden ones skipped."""
+    with os.scandir(folder) as it:
+        return sorted(Path(e.path) for e in it if e.is_dir() and not e.name.startswith("."))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from bcct.config import DataConfig
 from bcct.data.cub import read_cub
-from bcct.data.ilsvrc import read_ilsvrc, read_wsol_metadata
+from bcct.data.ilsvrc import read_ilsvrc
+from bcct.data.wsol_metadata import read_wsol_metadata
 from bcct.data.records import WSOLSet
 from bcct.errors import BadInput
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,3 +104,48 @@ def clip_boxes(record: Record, w: int, h: int) -> None:
             "fix its row in bounding_boxes.txt"
         )
     record.boxes = inside
+
+
+# One shared empty [0, 4] array for every image without boxes (ImageNet train has 1.28 M
+# of them; an array each would cost ~100 MB). Left writable: torch warns on read-only
+# arrays, and an empty array holds nothing to overwrite.
+NO_BOXES = np.zeros((0, 4), dtype=np.float64)
+
+
+def check_box(box: tuple[float, float, float, float], where: str, size: tuple[float, float] | None) -> None:
+    """Raise BadInput (prefixed by ``where``, a file or file:line) for a malformed xyxy box."""
+    x0, y0, x1, y1 = box
+    if not all(math.isfinite(v) for v in box):
+        raise BadInput(f"{where}: box {list(box)} has a non-finite number; fix it")
+    if x1 <= x0 or y1 <= y0:
+        raise BadInput(f"{where}: box {list(box)} has xmax <= xmin or ymax <= ymin; fix or delete it")
+    if x0 < 0 or y0 < 0:
+        raise BadInput(f"{where}: box {list(box)} starts outside the image (negative coordinate); fix it")
+    if size is not None:
+        w, h = size
+        if x1 > w + 1 or y1 > h + 1:  # 1 px tolerance, as records.image_size
+            raise BadInput(f"{where}: box {list(box)} extends outside the {w:g}x{h:g} image; fix it")
+
+
+def hold_out(records: list[Record], fraction: float, seed: int) -> None:
+    """Mark a class-stratified ``fraction`` of ``records`` (box-annotated, not trained on)
+    as the ``val`` split and the rest as ``test``, deterministically by ``seed``.
+
+    Per class, ``round(fraction * n)`` images go to val, at least one and at most
+    ``n - 1`` when ``fraction > 0`` and the class has two or more images (as ``carve_val``).
+    """
+    if not 0 <= fraction < 1:
+        raise BadInput(f"data.val_fraction={fraction}: use a fraction in [0, 1)")
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[Record]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: r.image_id):
+        by_class[r.label].append(r)
+    for label in sorted(by_class):
+        recs = by_class[label]
+        n_val = int(round(fraction * len(recs)))
+        if fraction > 0 and len(recs) > 1:
+            n_val = max(1, min(n_val, len(recs) - 1))
+        chosen = set(rng.permutation(len(recs))[:n_val].tolist())
+        for i, r in enumerate(recs):
+            r.is_train = i in chosen  # Record.split: is_train and is_val -> "val"; not is_train -> "test"
+            r.is_val = i in chosen

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bcct.data import synth
+from bcct.data import standin_task, synth, synth_render
 
 N_CLASSES, N_IMAGES, N_BACKGROUNDS, SEED = 3, 24, 5, 7
 
@@ -69,7 +69,7 @@ def test_sizes_vary_and_boxes_match_masks(tiny: Path):
         assert 72 <= W <= 128 and 72 <= H <= 128
         assert x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= W and y + h <= H
         mask = np.asarray(Image.open(tiny / "segmentations" / Path(rel).with_suffix(".png")))
-        assert np.allclose((x, y, w, h), synth.mask_box(mask), atol=1.0)
+        assert np.allclose((x, y, w, h), synth_render.mask_box(mask), atol=1.0)
     assert len({w for w, _ in sizes}) > 3 and len({h for _, h in sizes}) > 3
     assert any(w != h for w, h in sizes)
 
@@ -78,7 +78,7 @@ def test_backgrounds_are_object_free_scenes(tiny: Path):
     sizes = set()
     for i in range(N_BACKGROUNDS):
         on_disk = np.asarray(Image.open(tiny / "backgrounds" / f"bg_{i + 1:04d}.jpg"), dtype=float)
-        rendered = synth.render_background(SEED, i)  # render_scene only: no creature is ever drawn
+        rendered = synth_render.render_background(SEED, i)  # render_scene only: no creature is ever drawn
         assert on_disk.shape == rendered.shape
         assert np.abs(on_disk - rendered).mean() < 6.0  # equal up to JPEG loss of the pixel noise
         sizes.add(rendered.shape[:2])
@@ -103,7 +103,7 @@ def test_head_box_is_a_small_part_of_the_object(tiny: Path):
 
 
 def test_render_sample_mask_covers_body_and_head():
-    s = synth.render_sample(SEED, 3, 2)
+    s = synth_render.render_sample(SEED, 3, 2)
     hx, hy, hw, hh = map(int, s.head_box)
     assert s.mask[hy : hy + hh, hx : hx + hw].mean() > 0.5 * 255  # the head belongs to the object
     assert (s.mask > 0).sum() > 6 * hw * hh  # ...but the body is much larger
@@ -111,7 +111,7 @@ def test_render_sample_mask_covers_body_and_head():
 
 def test_classes_differ_only_in_head_colour():
     """Same seed and index with two classes: pixels away from the head are identical."""
-    a, b = synth.render_sample(SEED, 0, 0), synth.render_sample(SEED, 0, 1)
+    a, b = synth_render.render_sample(SEED, 0, 0), synth_render.render_sample(SEED, 0, 1)
     assert a.box == b.box and a.head_box == b.head_box
     diff = np.abs(a.image.astype(int) - b.image.astype(int)).sum(2) > 0
     hx, hy, hw, hh = map(int, a.head_box)
@@ -164,10 +164,10 @@ def test_bad_arguments_rejected(tmp_path: Path, kwargs):
 
 
 def test_render_pretrain_batch():
-    images, labels = synth.render_pretrain_batch(32, 64, np.random.default_rng(0))
+    images, labels = standin_task.render_pretrain_batch(32, 64, np.random.default_rng(0))
     assert images.shape == (32, 64, 64, 3) and images.dtype == np.uint8
     assert labels.shape == (32,) and labels.dtype == np.int64
-    assert labels.min() >= 0 and labels.max() < len(synth.PRETRAIN_CLASSES) == 8
-    again, labels2 = synth.render_pretrain_batch(32, 64, np.random.default_rng(0))
+    assert labels.min() >= 0 and labels.max() < len(standin_task.PRETRAIN_CLASSES) == 8
+    again, labels2 = standin_task.render_pretrain_batch(32, 64, np.random.default_rng(0))
     assert np.array_equal(images, again) and np.array_equal(labels, labels2)
     assert images.std() > 10  # not blank

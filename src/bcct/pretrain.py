@@ -3,7 +3,7 @@
 The embedded default mirrors the paper's pipeline (pretrained backbone: frozen in BC,
 fine-tuned in CT), so the small backbone needs "pretrained" weights. We train it once on
 a disjoint synthetic task (shape classes, never the benchmark's creatures; see
-``bcct.data.synth.render_pretrain_batch``) and cache the weights under ``cache_dir()``.
+``bcct.data.standin_task.render_pretrain_batch``) and cache the weights under ``cache_dir()``.
 The backbone comes from its builder (``bcct.backbones.make_vgg``, which asks for these
 weights): this module knows the task, not the architecture.
 """
@@ -38,7 +38,7 @@ def pretrain_standin(build: Callable[[], nn.Module], steps: int = DEFAULTS["step
                      log=print) -> tuple[dict, dict]:
     """Train ``build()`` (a backbone with ``out_channels``) + GAP + linear on the shape task.
     Returns (backbone state, stats)."""
-    from bcct.data.synth import PRETRAIN_CLASSES, render_pretrain_batch
+    from bcct.data.standin_task import PRETRAIN_CLASSES, render_pretrain_batch
 
     t0 = time.time()
     rng = np.random.default_rng(seed)

@@ -17,14 +17,13 @@ from bcct.checkpoint import write_text_atomic
 from bcct.config import load_config
 from bcct.data.dataset import WSOLDataset
 from bcct.data.readers import read_dataset
-from bcct.data.synth import generate
+from bcct.data.synth import generate_once
 from bcct.data.transforms import test_transform
-from bcct.evaluate import predict
 from bcct.methods import METHODS
-from bcct.report import format_table, map_grid, overlay_grid
+from bcct.report import format_table, map_grid
+from bcct.run import evaluate_checkpoint, load_method
 from bcct.sweep import format_sweep
-from bcct.run import evaluate_checkpoint, load_method, val_threshold
-from bcct.train import train
+from bcct.table import methods_figure, readout_thresholds, train_or_reuse, val_sweep
 
 FULL = {"data": dict(n_classes=10, n_images=1000, n_backgrounds=120), "overrides": []}
 QUICK = {"data": FULL["data"],
@@ -34,14 +33,13 @@ N_FIGURE = 8
 
 
 def run_demo(out: str | Path, quick: bool = False, methods: list[str] | None = None) -> dict:
+    """Train (or reuse, when a finished run of the same config is there) every demo method,
+    evaluate it on test and write the report."""
     out = Path(out)
     t_start = time.time()
     preset = QUICK if quick else FULL
     methods = methods or [m for m in DEMO_METHODS if m in METHODS]
-    data = out / "synth"
-    if not (data / "images.txt").is_file():
-        info = generate(data, seed=0, **preset["data"])
-        print(f"[demo] generated {info['n_images']} images + {info['n_backgrounds']} backgrounds in {info['seconds']:.1f} s")
+    data = generate_once(out / "synth", "[demo]", **preset["data"])
 
     metrics, timings = {}, {}
     for name in methods:
@@ -50,18 +48,20 @@ def run_demo(out: str | Path, quick: bool = False, methods: list[str] | None = N
         run_dir = out / "runs" / name
         t0 = time.time()
         print(f"[demo] training {name} -> {run_dir}")
-        train(cfg, run_dir, progress=True, resume=False)
-        timings[name] = round(time.time() - t0, 1)
+        status = train_or_reuse(cfg, run_dir, progress=True)
+        timings[name] = f"{round(time.time() - t0, 1)} ({status})"
         metrics[name] = evaluate_checkpoint(str(run_dir / "best.pt"), split="test", progress=False)
-        metrics[name]["train_seconds"] = timings[name]
+        metrics[name]["run"] = status
+        if status != "reused":
+            metrics[name]["train_seconds"] = round(time.time() - t0, 1)
     write_text_atomic(json.dumps(metrics, indent=2), out / "metrics.json")
 
     figure = out / "overlays.png"
-    _figure(out, methods, figure)
+    methods_figure(out, {name: readout_thresholds(metrics[name]) for name in methods}, figure)
     extra = ""
     if "bcct" in methods:
         bc_figure(out / "runs" / "bcct" / "best.pt", out / "bc_masks.png")
-        sweep = _sweep(out)
+        sweep = val_sweep(out / "runs" / "bcct" / "best.pt")
         metrics["bcct"]["delta_sweep"] = sweep
         write_text_atomic(json.dumps(metrics, indent=2), out / "metrics.json")
         extra = ("\n## BC masks (paper Fig. 3)\n\n![bc masks](bc_masks.png)\n\n"
@@ -73,24 +73,6 @@ def run_demo(out: str | Path, quick: bool = False, methods: list[str] | None = N
     print(table)
     print(f"[demo] {total} s; wrote {out / 'metrics.json'}, {out / 'report.md'}, {figure}")
     return metrics
-
-
-def _figure(out: Path, methods: list[str], path: Path) -> None:
-    """Rows: methods; columns: the same test images; GT green, predicted red, CAM as heat map."""
-    rows, labels = [], []
-    for name in methods:
-        method, cfg, ckpt = load_method(str(out / "runs" / name / "best.pt"))
-        wset = read_dataset(cfg.data, seed=cfg.seed)
-        records = wset.split("test")
-        picks = np.linspace(0, len(records) - 1, N_FIGURE).astype(int)
-        ds = WSOLDataset([records[i] for i in picks], test_transform(cfg.data))
-        pred = predict(method, ds, cfg, next(method.parameters()).device)
-        for readout, maps in pred["maps"].items():
-            tau = val_threshold(ckpt, readout, out / "runs" / name / "best.pt")
-            rows.append([{"record": r, "map": m, "threshold": tau, "size": s, "title": f"{name} {readout}"}
-                         for r, m, s in zip(ds.records, maps, ds.image_sizes())])
-            labels.append(f"{name}/{readout}")
-    overlay_grid(rows, path, labels)
 
 
 def bc_figure(ckpt: Path, path: Path, n: int = N_FIGURE) -> None:
@@ -115,14 +97,6 @@ def bc_figure(ckpt: Path, path: Path, n: int = N_FIGURE) -> None:
     maps = method.gradient_maps(images)[0]
     rows = {"pretrained": plain.numpy(), "BC map": maps.detach().numpy(), f"mask d={b.delta}": bc_mask(maps, b.delta).numpy()}
     map_grid(denormalize(images, cfg.data).permute(0, 2, 3, 1).numpy(), rows, path)
-
-
-def _sweep(out: Path) -> dict:
-    from bcct.sweep import mask_sweep
-
-    method, cfg, _ = load_method(str(out / "runs" / "bcct" / "best.pt"))
-    ds = WSOLDataset(read_dataset(cfg.data, seed=cfg.seed).split("val"), test_transform(cfg.data))
-    return {f"{d:g}": r for d, r in mask_sweep(method, ds, workers=cfg.data.workers).items()}
 
 
 def _report(table: str, timings: dict, total: float, quick: bool, figure: str) -> str:

@@ -120,12 +120,9 @@ def run_table(out: str | Path, data: str | Path | None = None, methods: list[str
     for label, method, extra in rows:  # bad keys and values fail here, before any training
         load_config(config, user + extra, method=method)
     if data is None:
-        data = out / "synth"
-        if not (data / "images.txt").is_file():
-            from bcct.data.synth import generate
+        from bcct.data.synth import generate_once
 
-            info = generate(data, seed=0, **(QUICK_DATA if quick else FULL_DATA))
-            print(f"[table] generated {info['n_images']} images + {info['n_backgrounds']} backgrounds in {data}")
+        data = generate_once(out / "synth", "[table]", **(QUICK_DATA if quick else FULL_DATA))
     data = Path(data)
 
     results: dict[str, dict] = {}
@@ -149,12 +146,12 @@ def run_table(out: str | Path, data: str | Path | None = None, methods: list[str
     sweep_text = ""
     bc_rows = [label for label, method, _ in rows if method == "bcct"]
     if bc_rows:
-        sweep = _sweep(out / "runs" / bc_rows[0] / "best.pt")
+        sweep = val_sweep(out / "runs" / bc_rows[0] / "best.pt")
         results[bc_rows[0]]["delta_sweep"] = sweep
         sweep_text = _sweep_section(bc_rows[0], sweep)
 
     figure = out / "figure.png"
-    _figure(out, {label: results[label]["threshold"] for label, _, _ in rows}, figure)
+    methods_figure(out, {label: {results[label]["readout"]: results[label]["threshold"]} for label, _, _ in rows}, figure)
     write_text_atomic(json.dumps(results, indent=2) + "\n", out / "table.json")
     write_text_atomic(to_csv(results), out / "table.csv")
     md = _markdown(results, data, config, user, sweep_text, figure.name, round(time.time() - t_start, 1))
@@ -189,7 +186,8 @@ def to_csv(results: dict[str, dict]) -> str:
     return buf.getvalue()
 
 
-def _sweep(ckpt: Path) -> dict:
+def val_sweep(ckpt: Path) -> dict:
+    """BC* and mask IoU50 of a bcct checkpoint's BC masks over delta, on val (where delta is chosen)."""
     from bcct.data.dataset import WSOLDataset
     from bcct.data.readers import read_dataset
     from bcct.data.transforms import test_transform
@@ -210,9 +208,16 @@ def _sweep_section(label: str, sweep: dict) -> str:
             "delta is chosen.\n\n" + format_sweep(sweep, "val") + "\n")
 
 
-def _figure(out: Path, thresholds: dict[str, float], path: Path) -> None:
-    """Rows: methods (primary readout, cut at the threshold its table row used); columns: the
-    same test images."""
+def readout_thresholds(metrics: dict) -> dict[str, float]:
+    """{readout: the CAM threshold its numbers used} from one method's flattened metrics."""
+    taus = {metrics["readout"]: metrics["threshold"]}
+    taus.update({k: v["threshold"] for k, v in metrics.items() if isinstance(v, dict) and "threshold" in v})
+    return taus
+
+
+def methods_figure(out: Path, thresholds: dict[str, dict[str, float]], path: Path) -> None:
+    """One row per (method, readout) in ``thresholds`` ({run label: {readout: tau}}), cut at
+    the threshold its numbers used; columns: the same test images."""
     from bcct.data.dataset import WSOLDataset
     from bcct.data.readers import read_dataset
     from bcct.data.transforms import test_transform
@@ -221,16 +226,16 @@ def _figure(out: Path, thresholds: dict[str, float], path: Path) -> None:
     from bcct.run import load_method
 
     rows, row_labels = [], []
-    for label, tau in thresholds.items():
+    for label, taus in thresholds.items():
         method, cfg, _ = load_method(str(out / "runs" / label / "best.pt"))
         records = read_dataset(cfg.data, seed=cfg.seed).split("test")
         picks = np.unique(np.linspace(0, len(records) - 1, min(N_FIGURE, len(records))).astype(int))
         ds = WSOLDataset([records[i] for i in picks], test_transform(cfg.data))
         pred = predict(method, ds, cfg, next(method.parameters()).device)
-        readout, maps = next(iter(pred["maps"].items()))
-        rows.append([{"record": r, "map": m, "threshold": tau, "size": s, "title": f"{label} ({readout})"}
-                     for r, m, s in zip(ds.records, maps, ds.image_sizes())])
-        row_labels.append(label)
+        for readout, tau in taus.items():
+            rows.append([{"record": r, "map": m, "threshold": tau, "size": s, "title": f"{label} ({readout})"}
+                         for r, m, s in zip(ds.records, pred["maps"][readout], ds.image_sizes())])
+            row_labels.append(label if len(taus) == 1 else f"{label}/{readout}")
     overlay_grid(rows, path, row_labels)
 
 

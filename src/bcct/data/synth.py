@@ -191,3 +191,13 @@ def generate(
         "size_range": size_range,
         "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def generate_once(out: str | Path, prefix: str = "", **kwargs) -> Path:
+    """``out`` holding the set: generated (seed 0 unless given) unless a finished set is there."""
+    out = Path(out)
+    if not (out / "images.txt").is_file():
+        info = generate(out, **{"seed": 0, **kwargs})
+        print(f"{prefix} generated {info['n_images']} images + {info['n_backgrounds']} backgrounds in {out} "
+              f"({info['seconds']:.1f} s)".lstrip())
+    return out

@@ -52,6 +52,28 @@ def _add_table(sub) -> None:
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every method, e.g. epochs=5")
 
 
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="get a data set onto disk: CUB-200-2011 (download and check), ILSVRC (check)")
+    kinds = p.add_subparsers(dest="dataset", required=True)
+    c = kinds.add_parser("cub", help="download CUB-200-2011, verify its MD5, extract it into ROOT, check the layout")
+    c.add_argument("root", metavar="ROOT", help="where the data set goes (then --data ROOT); archives stay beside it")
+    c.add_argument("--segmentations", action="store_true", help="also the masks (into ROOT/segmentations)")
+    c.add_argument("--from", dest="from_file", metavar="FILE", help="CUB_200_2011.tgz already on disk (no download)")
+    c.add_argument("--segmentations-from", metavar="FILE",
+                   help="segmentations.tgz already on disk (implies --segmentations)")
+    c.add_argument("--md5", metavar="HEX", help="expected MD5 of the CUB archive (default: the published one)")
+    c.add_argument("--segmentations-md5", metavar="HEX",
+                   help="expected MD5 of the masks archive (Caltech publishes none; the default is a third-party one)")
+    c.add_argument("--url", metavar="URL", help="download the CUB archive from here (a mirror)")
+    c.add_argument("--segmentations-url", metavar="URL", help="download the masks archive from here")
+    c.add_argument("--force", action="store_true", help="install again even if ROOT holds the layout (replaces it)")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    i = kinds.add_parser("ilsvrc", help="what to fetch from image-net.org (it needs a login); check ROOT once there")
+    i.add_argument("root", metavar="ROOT")
+    i.add_argument("--metadata", default="",
+                   help="wsolevaluation's metadata/ILSVRC folder (default: ROOT/metadata if there is one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bcct", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None, help="comma-separated methods (default: all the demo knows)")
 
     _add_table(sub)
+    _add_data(sub)
     return parser
 
 
@@ -228,8 +251,28 @@ def cmd_table(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from bcct.data import download
+
+    if args.dataset == "cub":
+        download.install_cub(args.root, segmentations=args.segmentations, from_file=args.from_file,
+                             segmentations_from=args.segmentations_from, md5=args.md5,
+                             segmentations_md5=args.segmentations_md5, url=args.url,
+                             segmentations_url=args.segmentations_url, force=args.force, progress=not args.quiet)
+        return 0
+    try:
+        layout, wset = download.check_ilsvrc(args.root, args.metadata)
+    except BadInput:
+        print(download.ILSVRC_HELP)
+        raise
+    print(f"{args.root}: {layout} layout OK: {download.summary(wset)}; train with --data {args.root} "
+          f"data.layout={layout}" + (f" data.metadata={args.metadata}" if args.metadata else ""))
+    return 0
+
+
 COMMANDS = {"synth": cmd_synth, "pretrain": cmd_pretrain, "train": cmd_train, "eval": cmd_eval,
-            "sweep-delta": cmd_sweep_delta, "localize": cmd_localize, "demo": cmd_demo, "table": cmd_table}
+            "sweep-delta": cmd_sweep_delta, "localize": cmd_localize, "demo": cmd_demo, "table": cmd_table,
+            "data": cmd_data}
 
 
 def _one_line(message: str) -> str:

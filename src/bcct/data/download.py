@@ -41,7 +41,8 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from bcct.data.cub import read_cub
-from bcct.data.ilsvrc import read_ilsvrc, read_wsol_metadata
+from bcct.data.ilsvrc import read_ilsvrc
+from bcct.data.wsol_metadata import read_wsol_metadata
 from bcct.data.records import WSOLSet
 from bcct.errors import BadInput
 

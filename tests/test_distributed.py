@@ -61,6 +61,7 @@ def _plain_backbone(pretrained: str = "none"):
 def _count_bc_stage():
     """{"bc": target images the BC stage trained on, "maps": images whose gradient map was
     cached as a mask}, in this process (two-stage's prepare)."""
+    import bcct.methods.bc_ct as bc_ct
     import bcct.two_stage as two_stage
 
     counts = {"bc": 0, "maps": 0}
@@ -83,11 +84,11 @@ def _count_bc_stage():
         finally:
             del method.gradient_maps
 
-    two_stage.bc_loss, two_stage.cache_masks = counted_loss, counted_cache
+    two_stage.bc_loss, bc_ct.cache_masks = counted_loss, counted_cache  # cache_masks where BC-CT calls it
     try:
         yield counts
     finally:
-        two_stage.bc_loss, two_stage.cache_masks = loss, cache
+        two_stage.bc_loss, bc_ct.cache_masks = loss, cache
 
 
 def _worker(rank: int, world: int, init_file: str, jobs: dict) -> None:

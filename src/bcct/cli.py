@@ -15,10 +15,11 @@ from bcct.errors import BadInput
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a WSOL method on a CUB-layout folder")
+    p = sub.add_parser("train", help="train a WSOL method on a data folder (CUB, ILSVRC, wsolevaluation or class folders)")
     p.add_argument("--config", default="synth", help="built-in recipe name (synth, ...) or a YAML file")
     p.add_argument("--method", default=None, help="cam | bcct (overrides the recipe)")
-    p.add_argument("--data", required=True, help="data root (CUB-200-2011 layout)")
+    p.add_argument("--data", required=True, help="data root: CUB-200-2011 layout, class folders ROOT/train/<class>/, "
+                   "ILSVRC or wsolevaluation metadata (recognised; data.layout=... to force one)")
     p.add_argument("--backgrounds", default=None, help="Background Image Set folder (default: DATA/backgrounds); 'auto': crops of the training images' borders")
     p.add_argument("--out", default=None, help="run directory (config.yaml, metrics.jsonl, last.pt, best.pt)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUNDIR",
@@ -225,8 +226,8 @@ def cmd_localize(args) -> int:
 
     result = localize_paths(args.checkpoint, args.paths, args.out, threshold=args.threshold, readout=args.readout,
                             batch_size=args.batch_size, overlays=not args.no_overlays)
-    print(f"localized {len(result['images'])} images ({len(result['skipped'])} skipped) -> "
-          f"{Path(args.out) / 'boxes.json'}")
+    print(f"localized {len(result['images'])} images ({len(result['skipped'])} skipped) at CAM threshold "
+          f"{result['threshold']:g} -> {Path(args.out) / 'boxes.json'}")
     return 0
 
 

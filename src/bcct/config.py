@@ -28,7 +28,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class DataConfig:
     root: str = ""
     backgrounds: str = ""  # Background Image Set folder; empty: ROOT/backgrounds; "auto": border crops of train images
-    layout: str = "cub"  # cub | ilsvrc | wsol (readers in bcct/data/readers.py)
+    layout: str = "auto"  # auto (recognised from ROOT) | cub | ilsvrc | wsol | folders (bcct/data/readers.py)
     metadata: str = ""  # layout wsol: wsolevaluation's metadata/<DATASET> folder; empty: ROOT/metadata
     image_size: int = 224  # paper 5.1: 224x224 crops
     crop_scale: tuple[float, float] = (0.25, 1.0)  # RandomResizedCrop area range (our choice, see configs)
@@ -190,6 +190,11 @@ def _known(d: dict, schema, prefix: str, dropped: list[str]) -> dict:
 
 
 # Keys a resumed run may change: they do not change what the steps done so far computed.
+# The CAM threshold when no split has boxes to choose it on (class folders): CAM's own rule,
+# the region above 20% of the map's maximum (Zhou et al., CVPR 2016, sec. 2); bcct's maps
+# are min-max normalised first, so this is 20% of the range. eval.threshold=T replaces it.
+NO_BOX_THRESHOLD = 0.2
+
 RESUME_HARMLESS = ("optim.epochs", "optim.checkpoint_every", "device", "data.root", "data.backgrounds",
                    "data.workers", "eval.batch_size")
 

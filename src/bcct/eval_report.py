@@ -23,7 +23,7 @@ import numpy as np
 
 from bcct.checkpoint import write_text_atomic
 from bcct.errors import BadInput
-from bcct.evaluate import evaluate_detailed, flatten
+from bcct.evaluate import evaluate_detailed, flatten, has_boxes
 from bcct.metrics import IOU_THRESHOLD, iou_hits
 
 N_EXAMPLES = 6
@@ -49,6 +49,10 @@ def evaluate_checkpoint_detailed(ckpt_path: str, data: str | None = None, split:
     from bcct.run import describe, eval_setup
 
     method, cfg, ckpt, ds, thresholds = eval_setup(ckpt_path, data, split, oracle, overrides)
+    if not has_boxes(ds):
+        raise BadInput(f"{cfg.data.root}: the {split} split has no boxes, and the report (accuracy over the CAM "
+                       "threshold, best and worst boxes) is about localisation; run bcct eval without --report for "
+                       "its classification numbers, or bcct localize for boxes on the images")
     device = next(method.parameters()).device
     detail = evaluate_detailed(method, ds, cfg, device, thresholds=thresholds, progress=progress)
     metrics = describe(flatten(detail["results"]), cfg, split, ckpt_path, ckpt)

@@ -18,7 +18,10 @@ from tqdm import tqdm
 from bcct import distributed
 from bcct.config import Config
 from bcct.data.dataset import WSOLDataset, collate
+from bcct.errors import BadInput
 from bcct.metrics import BoxCorrectness, default_workers, mask_iou50, mask_validity, summarize
+
+NEEDS_BOXES = "needs boxes"  # the ``localization`` entry of a split without boxes
 
 
 def make_loader(ds: WSOLDataset, cfg: Config, batches: list[list[int]] | None = None) -> DataLoader:
@@ -68,6 +71,17 @@ def to_original(boxes: np.ndarray, sizes: list[tuple[int, int]], input_size: int
     return boxes * scale
 
 
+def has_boxes(ds: WSOLDataset) -> bool:
+    """Whether the split can be scored for localisation: every image has a box (True) or
+    none has (False: classification only, e.g. class folders); a mix is refused."""
+    lacking = [r for r in ds.records if not len(r.boxes)]
+    if lacking and len(lacking) < len(ds.records):
+        raise BadInput(f"{lacking[0].path}: has no box while {len(ds.records) - len(lacking)} of the split's "
+                       f"{len(ds.records)} images have one; localisation needs a box for every image: add its box "
+                       "or remove the image")
+    return not lacking
+
+
 def correctness(pred: dict, ds: WSOLDataset, cfg: Config) -> dict[str, BoxCorrectness]:
     """One per-image x per-threshold IoU table per readout (bcct.metrics), rows in the order
     of ``pred["index"]`` (all of ``ds`` when absent)."""
@@ -107,8 +121,11 @@ def evaluate_detailed(method, ds: WSOLDataset, cfg: Config, device: torch.device
 def _evaluate(method, ds: WSOLDataset, cfg: Config, device: torch.device, thresholds: dict[str, float] | None,
               progress: bool, detailed: bool) -> dict:
     pred = predict(method, ds, cfg, device, progress, shard=True)
+    boxed = has_boxes(ds)
+    scored = correctness(pred, ds, cfg) if boxed else {}
     share = {"index": pred["index"], "top1": pred["top1"], "top5": pred["top5"], "mask_boxes": pred["mask_boxes"],
-             "correctness": {name: corr.state_dict() for name, corr in correctness(pred, ds, cfg).items()},
+             "readouts": list(pred["maps"]),
+             "correctness": {name: corr.state_dict() for name, corr in scored.items()},
              "maps": pred["maps"] if detailed else {}}
     shares = distributed.gather_objects(share)
     out = _summarize(shares, ds, cfg, thresholds, detailed) if distributed.is_main() else None
@@ -122,8 +139,14 @@ def _summarize(shares: list[dict], ds: WSOLDataset, cfg: Config, thresholds: dic
     order = np.argsort(np.concatenate([s["index"] for s in shares]), kind="stable")
     top1 = np.concatenate([s["top1"] for s in shares])[order]
     top5 = np.concatenate([s["top5"] for s in shares])[order]
-    names = next((list(s["correctness"]) for s in shares if s["correctness"]), [])
+    names = next((list(s["readouts"]) for s in shares if s["readouts"]), [])
     results, corrs = {}, {}
+    if not any(s["correctness"] for s in shares):  # a split without boxes: classification only
+        for name in names:
+            tau = cfg.eval.threshold if cfg.eval.threshold is not None else (thresholds or {}).get(name)
+            results[name] = {"n_images": len(top1), "cls_top1": float(top1.mean()), "cls_top5": float(top5.mean()),
+                             "localization": NEEDS_BOXES, **({"threshold": float(tau)} if tau is not None else {})}
+        names = []
     for name in names:
         state = BoxCorrectness.concat([s["correctness"][name] for s in shares if name in s["correctness"]]).state_dict()
         state["iou_v1"], state["iou_v2"] = state["iou_v1"][order], state["iou_v2"][order]
@@ -133,7 +156,7 @@ def _summarize(shares: list[dict], ds: WSOLDataset, cfg: Config, thresholds: dic
         corrs[name] = BoxCorrectness.from_state_dict(state)
         results[name] = summarize(corrs[name], top1, top5, threshold=tau)
     mask_boxes = [s["mask_boxes"] for s in shares if s["mask_boxes"] is not None]
-    if mask_boxes:
+    if mask_boxes and corrs:
         boxes = to_original(np.concatenate(mask_boxes)[order], ds.image_sizes(), cfg.data.image_size)
         gts = [r.boxes for r in ds.records]
         validity, iou50 = mask_validity(boxes, gts), mask_iou50(boxes, gts)
@@ -141,7 +164,7 @@ def _summarize(shares: list[dict], ds: WSOLDataset, cfg: Config, thresholds: dic
             res["mask_validity"], res["mask_iou50"] = float(validity.mean()), float(iou50.mean())
     if not detailed:
         return {"results": results}
-    maps = {name: np.concatenate([s["maps"][name] for s in shares if name in s["maps"]])[order] for name in names}
+    maps = {name: np.concatenate([s["maps"][name] for s in shares if name in s["maps"]])[order] for name in results}
     return {"results": results, "correctness": corrs, "top1": top1, "top5": top5, "maps": maps}
 
 

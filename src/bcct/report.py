@@ -29,6 +29,8 @@ COLUMNS = (
 
 # The numbers that depend on the CAM threshold (MaxBoxAcc takes the best one by definition).
 AT_THRESHOLD = ("top1_loc", "top5_loc", "gt_known", "threshold")
+NO_BOX_NOTE = ("No boxes in this split: classification only. Localisation needs a ground-truth box per image "
+               "(a CUB, ILSVRC or wsolevaluation layout); `bcct localize` still draws the boxes of new photos.")
 ORACLE_NOTE = ("ORACLE: the CAM threshold was chosen on the evaluated split itself (no val-chosen threshold): "
                "optimistic, not a fair test number.")
 
@@ -64,6 +66,8 @@ def format_table(rows: dict[str, dict]) -> str:
             lines.append(f"| {row_label} | " + " | ".join(cell(m, k, e) for k, _, e in present) + " |")
     if oracle:
         lines += ["", ORACLE_NOTE]
+    if any("cls_top1" in m and "top1_loc" not in m for m in rows.values()):  # evaluate.NEEDS_BOXES
+        lines += ["", NO_BOX_NOTE]
     return "\n".join(lines)
 
 

@@ -78,7 +78,9 @@ def eval_setup(ckpt_path: str, data: str | None = None, split: str = "test", ora
                        f"{len(ckpt['class_names'])}; evaluate it on the data it was trained for")
     ds = WSOLDataset(wset.split(split), test_transform(cfg.data))
     if len(ds) == 0:
-        raise BadInput(f"{cfg.data.root}: the {split} split is empty")
+        others = [name for name in ("train", "val", "test") if name != split and wset.split(name)]
+        raise BadInput(f"{cfg.data.root}: the {split} split is empty; evaluate another with --split "
+                       f"({' or '.join(others) or 'none has images'})")
     thresholds = None if oracle else ckpt.get("thresholds") or None
     if thresholds is None and not (oracle or fallback_oracle) and cfg.eval.threshold is None:
         raise BadInput(f"{ckpt_path}: holds no CAM threshold chosen on val (trained with data.val_fraction=0, or a "

@@ -22,13 +22,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from bcct import checkpoint, distributed
-from bcct.config import RESUME_HARMLESS, Config, from_dict, resume_differences, to_dict, to_yaml
+from bcct.config import NO_BOX_THRESHOLD, RESUME_HARMLESS, Config, from_dict, resume_differences, to_dict, to_yaml
 from bcct.data.background_set import background_batches, make_background_set
 from bcct.data.dataset import WSOLDataset, collate
 from bcct.data.readers import read_dataset
 from bcct.data.transforms import test_transform, train_transform
 from bcct.errors import BadInput
-from bcct.evaluate import evaluate
+from bcct.evaluate import evaluate, has_boxes
 from bcct.meters import Averages
 from bcct.methods import build_method
 from bcct.runtime import GracefulStop, amp_dtype, autocast, ignore_sigint, memory_format, resolve_device, seed_everything
@@ -121,6 +121,13 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
     if len(train_ds) == 0:
         raise BadInput(f"{cfg.data.root}: the train split is empty; check train_test_split.txt")
     val_ds.image_sizes()  # validate val images and boxes before any training time is spent
+    if len(val_ds) and not has_boxes(val_ds) and cfg.eval.threshold is None:
+        cfg.eval.threshold = NO_BOX_THRESHOLD  # saved with the run: evaluation and localize use it
+        if main:
+            print(f"note: {cfg.data.root}: the val split has no boxes, so no CAM threshold can be chosen on it and "
+                  f"the best epoch is the best val classification; boxes use the fixed eval.threshold="
+                  f"{NO_BOX_THRESHOLD} (CAM's 20%-of-max rule, Zhou et al. 2016); pass eval.threshold=T for "
+                  "another", flush=True)
     if len(val_ds) == 0 and cfg.eval.threshold is None and main:
         warnings.warn(f"{cfg.data.root}: the val split is empty (data.val_fraction={cfg.data.val_fraction:g}): no CAM "
                       "threshold is chosen on val, so any evaluation must pick it on the split it scores (oracle, "
@@ -203,7 +210,7 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
             scheduler.step()
             distributed.broadcast_state(method)  # evaluate and save rank 0's BatchNorm statistics
             val = evaluate(method, val_ds, cfg, device) if len(val_ds) else {}
-            epoch_thresholds = {name: res["threshold"] for name, res in val.items()}
+            epoch_thresholds = {name: res["threshold"] for name, res in val.items() if "top1_loc" in res}
             record = {"epoch": epoch, "time_s": round(time.time() - t0, 2), "lr": scheduler.get_last_lr(),
                       "train": train_logs, "val": _brief(val)}
             if main:
@@ -247,15 +254,17 @@ def _truncate_log(path: Path, start_epoch: int | None) -> None:
 
 
 def _score(val: dict, epoch: int, select: str) -> float:
-    """Model selection for best.pt: ``top1_loc`` of the primary readout on val (0 when there
-    is no val split), or ``last`` (the latest epoch always wins)."""
+    """Model selection for best.pt: ``top1_loc`` of the primary readout on val (its
+    ``cls_top1`` when val has no boxes; 0 when there is no val split), or ``last`` (the
+    latest epoch always wins)."""
     if select == "last":
         return float(epoch)
     if select != "top1_loc":
         raise BadInput(f"eval.select={select!r}: use top1_loc or last")
     if not val:
         return 0.0
-    return float(next(iter(val.values()))["top1_loc"])
+    primary = next(iter(val.values()))
+    return float(primary["top1_loc"] if "top1_loc" in primary else primary["cls_top1"])
 
 
 def _brief(val: dict) -> dict:
@@ -266,6 +275,7 @@ def _brief(val: dict) -> dict:
 def _line(record: dict) -> str:
     parts = [f"epoch {record['epoch']}", f"{record['time_s']:.1f}s", f"loss {record['train'].get('loss', float('nan')):.3f}"]
     for name, res in record["val"].items():
-        parts.append(f"val[{name}] cls {res.get('cls_top1', 0):.3f} top1-loc {res.get('top1_loc', 0):.3f} "
-                     f"gt-known {res.get('gt_known', 0):.3f} @tau {res.get('threshold', 0):.2f}")
+        loc = (f" top1-loc {res['top1_loc']:.3f} gt-known {res.get('gt_known', 0):.3f} @tau {res.get('threshold', 0):.2f}"
+               if "top1_loc" in res else " (no boxes: no localisation)")
+        parts.append(f"val[{name}] cls {res.get('cls_top1', 0):.3f}" + loc)
     return " | ".join(parts)

@@ -59,12 +59,18 @@ def carve_val(wset: WSOLSet, fraction: float, seed: int) -> WSOLSet:
         if r.is_train:
             by_class.setdefault(r.label, []).append(r)
     for recs in by_class.values():
-        n_val = int(round(fraction * len(recs)))
-        if fraction > 0 and len(recs) > 1:
-            n_val = max(1, min(n_val, len(recs) - 1))
-        for i in rng.permutation(len(recs))[:n_val]:
+        for i in _pick(len(recs), fraction, rng):
             recs[i].is_val = True
     return wset
+
+
+def _pick(n: int, fraction: float, rng: np.random.Generator) -> list[int]:
+    """Indices of the ``round(fraction * n)`` images of one class that go to val: at least
+    one and at most ``n - 1`` when ``fraction > 0`` and the class has two or more images."""
+    n_val = int(round(fraction * n))
+    if fraction > 0 and n > 1:
+        n_val = max(1, min(n_val, n - 1))
+    return rng.permutation(n)[:n_val].tolist()
 
 
 def image_size(record: Record) -> tuple[int, int]:
@@ -142,10 +148,7 @@ def hold_out(records: list[Record], fraction: float, seed: int) -> None:
         by_class[r.label].append(r)
     for label in sorted(by_class):
         recs = by_class[label]
-        n_val = int(round(fraction * len(recs)))
-        if fraction > 0 and len(recs) > 1:
-            n_val = max(1, min(n_val, len(recs) - 1))
-        chosen = set(rng.permutation(len(recs))[:n_val].tolist())
+        chosen = set(_pick(len(recs), fraction, rng))
         for i, r in enumerate(recs):
             r.is_train = i in chosen  # Record.split: is_train and is_val -> "val"; not is_train -> "test"
             r.is_val = i in chosen

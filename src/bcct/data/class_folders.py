@@ -1,0 +1,67 @@
+"""Reader for plain class folders, torchvision's ``ImageFolder`` convention, without boxes::
+
+    ROOT/train/<class>/*.jpg        training images; the sorted folder names are the classes
+    ROOT/val/<class>/*.jpg          optional: the held-out split (never trained on)
+    ROOT/test/<class>/*.jpg         optional: the split the numbers are reported on
+
+Images may sit in sub-folders of a class folder (found recursively, as ImageFolder does).
+Weak supervision needs no boxes, so none are read: BC-CT trains on the labels and a
+Background Image Set. Without ``val/``, a class-stratified ``val_fraction`` of train is
+held out as val (as for CUB). Val and test without boxes give classification numbers;
+the CAM threshold, which needs boxes to be chosen, is then a fixed one (see
+:data:`bcct.config.NO_BOX_THRESHOLD`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bcct.data.images import IMAGE_SUFFIXES, images_in, list_images, subfolders
+from bcct.data.records import NO_BOXES, Record, WSOLSet, carve_val
+from bcct.errors import BadInput
+
+SPLIT_FOLDERS = {"train": (True, False), "val": (True, True), "test": (False, False)}  # name: (is_train, is_val)
+
+
+def is_class_folders(root: Path) -> bool:
+    """``ROOT/train`` holds at least one class folder."""
+    train = root / "train"
+    return train.is_dir() and bool(subfolders(train))
+
+
+def read_class_folders(root: str | Path, val_fraction: float = 0.1, seed: int = 0) -> WSOLSet:
+    """Parse ``ROOT/{train,val,test}/<class>/`` (see the module docstring); raise BadInput on
+    a missing train folder, an empty class folder, a loose image or an unknown class."""
+    root = Path(root)
+    train = root / "train"
+    if not train.is_dir():
+        raise BadInput(f"{train}: missing; a class-folder ROOT needs train/<class>/*.jpg (one folder per class)")
+    class_dirs = subfolders(train)
+    if not class_dirs:
+        raise BadInput(f"{train}: no class folders; put each class's images in train/<class>/")
+    class_names = [d.name for d in class_dirs]
+    label_of = {name: i for i, name in enumerate(class_names)}
+
+    records: list[Record] = []
+    for split, (is_train, is_val) in SPLIT_FOLDERS.items():
+        folder = root / split
+        if not folder.is_dir():
+            continue
+        loose = images_in(folder)
+        if loose:
+            raise BadInput(f"{loose[0]}: an image directly in {split}/; move it into {split}/<class>/ "
+                           "(the folder names the class)")
+        for d in subfolders(folder):
+            if d.name not in label_of:
+                raise BadInput(f"{d}: class {d.name!r} has no train/{d.name}/ folder; add its training images "
+                               "or remove this folder")
+            images = list_images(d)
+            if not images:
+                raise BadInput(f"{d}: class folder holds no image ({'/'.join(IMAGE_SUFFIXES)}); add its images "
+                               "or remove it")
+            records += [Record(image_id=p.relative_to(root).as_posix(), path=p, label=label_of[d.name],
+                               boxes=NO_BOXES, is_train=is_train, is_val=is_val) for p in images]
+    wset = WSOLSet(root=root, class_names=class_names, records=records)
+    if not (root / "val").is_dir():
+        carve_val(wset, val_fraction, seed)
+    return wset

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bcct.data.images import IMAGE_SUFFIXES, images_in, subfolders
-from bcct.data.records import NO_BOXES, Record, WSOLSet, check_box, hold_out
+from bcct.data.class_folders import class_names_of, folder_records
+from bcct.data.images import images_in, subfolders
+from bcct.data.records import Record, WSOLSet, check_box, hold_out
 from bcct.errors import BadInput
 
 # A Pascal-VOC file of an ImageNet image is a few kB; anything this large is not one.
@@ -118,23 +119,9 @@ def read_ilsvrc(root: str | Path, val_fraction: float = 0.1, seed: int = 0) -> W
         if not d.is_dir():
             raise BadInput(f"{d}: missing; an ILSVRC-layout ROOT needs {what}")
 
-    class_dirs = subfolders(train_dir)
-    if not class_dirs:
-        raise BadInput(f"{train_dir}: no class folders; expected train/<wnid>/*.JPEG (one folder per class)")
-    class_names = [d.name for d in class_dirs]
+    class_names = class_names_of(train_dir, "train/<wnid>/*.JPEG")
     label_of = {wnid: i for i, wnid in enumerate(class_names)}
-
-    records: list[Record] = []
-    for label, d in enumerate(class_dirs):
-        images = images_in(d)
-        if not images:
-            raise BadInput(
-                f"{d}: class folder holds no image ({'/'.join(IMAGE_SUFFIXES)}); add its images or remove it"
-            )
-        records += [
-            Record(image_id=p.relative_to(root).as_posix(), path=p, label=label, boxes=NO_BOXES, is_train=True)
-            for p in images
-        ]
+    records = folder_records(root, train_dir, label_of, is_train=True, find=images_in)
 
     val_images = [(p, None) for p in images_in(val_dir)]
     for d in subfolders(val_dir):  # "sorted val": the folder names the class

@@ -1,6 +1,6 @@
 """The delta sweep (paper Table 3 and the BC* row of Table 2).
 
-``mask_sweep`` thresholds the BC gradient maps of a trained BC-CT model at every delta in
+``mask_sweep`` cuts the BC gradient maps of a trained BC-CT model at every delta in
 one pass (the maps are computed once) and reports BC* and the stricter box-IoU validity.
 ``train_sweep`` retrains the CT model for each delta, as Table 3 does.
 """

@@ -124,10 +124,10 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
     if len(val_ds) and not has_boxes(val_ds) and cfg.eval.threshold is None:
         cfg.eval.threshold = NO_BOX_THRESHOLD  # saved with the run: evaluation and localize use it
         if main:
-            print(f"note: {cfg.data.root}: the val split has no boxes, so no CAM threshold can be chosen on it and "
-                  f"the best epoch is the best val classification; boxes use the fixed eval.threshold="
-                  f"{NO_BOX_THRESHOLD} (CAM's 20%-of-max rule, Zhou et al. 2016); pass eval.threshold=T for "
-                  "another", flush=True)
+            best = "; best.pt is the epoch of best val classification" if cfg.eval.select == "top1_loc" else ""
+            print(f"note: {cfg.data.root}: the val split has no boxes, so no CAM threshold can be chosen on it; boxes "
+                  f"use the fixed eval.threshold={NO_BOX_THRESHOLD} (CAM's 20%-of-max rule, Zhou et al. 2016; pass "
+                  f"eval.threshold=T for another){best}", flush=True)
     if len(val_ds) == 0 and cfg.eval.threshold is None and main:
         warnings.warn(f"{cfg.data.root}: the val split is empty (data.val_fraction={cfg.data.val_fraction:g}): no CAM "
                       "threshold is chosen on val, so any evaluation must pick it on the split it scores (oracle, "

@@ -33,7 +33,7 @@ from bcct import class_maps
 from bcct.config import Config
 from bcct.ct_model import CTModel
 from bcct.methods.base import Method, register
-from bcct.methods.common import check_range, cls_logs, method_params, split_param_groups
+from bcct.methods.common import check_range, cls_logs, split_param_groups
 
 
 @dataclass
@@ -53,9 +53,10 @@ def erase(features: torch.Tensor, attention: torch.Tensor, threshold: float) -> 
 
 @register("acol")
 class ACoL(Method):
+    params_type = ACoLParams
+
     def __init__(self, cfg: Config, num_classes: int):
         super().__init__(cfg, num_classes)
-        self.params = method_params(cfg, "acol", ACoLParams)
         self.model = CTModel(cfg.model, num_classes)  # backbone + classifier A (model.head)
         self.head_b = class_maps.CAMHead(self.model.backbone.out_channels, num_classes, cfg.model.head_width,
                                   cfg.model.head_bn)

@@ -37,7 +37,7 @@ from bcct.config import Config
 from bcct.ct_model import CTModel
 from bcct.errors import BadInput
 from bcct.methods.base import Method, register
-from bcct.methods.common import (check_range, cls_logs, downsampling_indices, method_params, probe_shapes,
+from bcct.methods.common import (check_range, cls_logs, downsampling_indices, probe_shapes,
                                  split_param_groups)
 
 
@@ -125,9 +125,11 @@ def insert_adl(backbone: nn.Sequential, positions: list[int], drop_rate: float, 
 
 @register("adl")
 class ADLMethod(Method):
+    params_type = ADLParams
+
     def __init__(self, cfg: Config, num_classes: int):
         super().__init__(cfg, num_classes)
-        p = self.params = method_params(cfg, "adl", ADLParams)
+        p = self.params
         self.model = CTModel(cfg.model, num_classes)
         positions = adl_positions(p.positions, probe_shapes(self.model.backbone))
         self.model.backbone = insert_adl(self.model.backbone, positions, p.drop_rate, p.drop_threshold)

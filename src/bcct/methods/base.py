@@ -7,6 +7,7 @@ from torch import nn
 
 from bcct.config import Config
 from bcct.errors import BadInput
+from bcct.methods.common import method_params
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -34,11 +35,15 @@ class Method(nn.Module):
     frozen: tuple[str, ...] = ()
     # True: a step may leave trainable parameters without a gradient (DDP must look for them)
     find_unused_parameters = False
+    # the method's hyperparameter dataclass, read from ``extra.<name>`` into ``self.params``
+    params_type: type | None = None
 
     def __init__(self, cfg: Config, num_classes: int):
         super().__init__()
         self.cfg = cfg
         self.num_classes = num_classes
+        if self.params_type is not None:
+            self.params = method_params(cfg, self.name, self.params_type)
 
     def training_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError

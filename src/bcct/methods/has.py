@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from bcct.config import Config
 from bcct.ct_model import CTModel
 from bcct.methods.base import Method, register
-from bcct.methods.common import check_range, cls_logs, method_params, split_param_groups
+from bcct.methods.common import check_range, cls_logs, split_param_groups
 from bcct import class_maps
 
 REFERENCE_SIZE = 224  # the input side the grid size is quoted at
@@ -70,9 +70,10 @@ def hide_patches(images: torch.Tensor, patch: int, prob: float, fill: torch.Tens
 
 @register("has")
 class HaS(Method):
+    params_type = HaSParams
+
     def __init__(self, cfg: Config, num_classes: int):
         super().__init__(cfg, num_classes)
-        self.params = method_params(cfg, "has", HaSParams)
         self.model = CTModel(cfg.model, num_classes)
         self.register_buffer("fill", torch.zeros(3))  # in normalised units; 0 = data.mean
 

@@ -46,8 +46,7 @@ from bcct.config import Config
 from bcct.ct_model import CTModel
 from bcct.errors import BadInput
 from bcct.methods.base import Method, register
-from bcct.methods.common import (check_range, cls_logs, downsampling_indices, method_params,
-                                 probe_shapes, split_param_groups)
+from bcct.methods.common import (check_range, cls_logs, downsampling_indices, probe_shapes, split_param_groups)
 
 MIN_FG_PIXELS_AT_224 = 30  # SPG mark_obj / wsolevaluation mask_fg
 FALLBACK_FACTOR = 0.7  # SPG mark_obj: threshold = 0.7 * max when too few foreground pixels
@@ -106,9 +105,11 @@ def _conv_relu(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:
 
 @register("spg")
 class SPG(Method):
+    params_type = SPGParams
+
     def __init__(self, cfg: Config, num_classes: int):
         super().__init__(cfg, num_classes)
-        p = self.params = method_params(cfg, "spg", SPGParams)
+        p = self.params
         self.model = CTModel(cfg.model, num_classes)
         self.tap = None
         if p.plain:

@@ -214,12 +214,17 @@ def _link(cpar, st, ra, rb, roots, rootpos, nroots):
     st[ra, SIZE] += st[rb, SIZE]
     st[ra, FIRST] = min(st[ra, FIRST], st[rb, FIRST])
     st[ra, EXTRA] += st[rb, EXTRA]
-    pos = rootpos[rb]  # swap-remove rb from the live roots
+    return ra, _drop(roots, rootpos, rootpos[rb], nroots)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _drop(roots, rootpos, pos, nroots):
+    """Swap-remove the live root at ``roots[pos]``; returns the new live root count."""
     nroots -= 1
     last = roots[nroots]
     roots[pos] = last
     rootpos[last] = pos
-    return ra, nroots
+    return nroots
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -447,10 +452,7 @@ def image_cut_ious(q, gt, need, gain_table, v1, v2, amb, qp, fp, hp, dirty, labe
         while i < nroots:
             r = roots[i]
             if st[r, LEVEL] <= v:  # reached the border: no hole from now on, and never merged again
-                nroots -= 1
-                last = roots[nroots]
-                roots[i] = last
-                rootpos[last] = i
+                nroots = _drop(roots, rootpos, i, nroots)
                 continue
             i += 1
             if n_holes == h_first.size:
@@ -510,10 +512,7 @@ def image_cut_ious(q, gt, need, gain_table, v1, v2, amb, qp, fp, hp, dirty, labe
         while i < nroots:
             r = roots[i]
             if st[r, LEVEL] > c:
-                nroots -= 1
-                last = roots[nroots]
-                roots[i] = last
-                rootpos[last] = i
+                nroots = _drop(roots, rootpos, i, nroots)
                 continue
             i += 1
             riou[r] = best_iou(st[r, X0], st[r, Y0], min(st[r, X1] + 1, width - 1),

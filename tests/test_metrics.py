@@ -3,11 +3,12 @@
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from bcct.boxes import RESIZE, prepare_scoremap
+from bcct.boxes import RESIZE, prepare_scoremap, quantise
 from bcct.metrics import (
     BoxCorrectness,
     choose_threshold,
@@ -261,6 +262,63 @@ def test_every_cell_matches_contour_reference_on_hard_maps(n_maps, sizes, frame,
         np.testing.assert_array_equal(evaluator.iou_v2, v2, err_msg=f"V2, maps of {s}x{s}")
         cells += v1.size
     assert cells == n_maps * len(thresholds)
+
+
+def brute_levels(q: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fill and peak levels by their definitions, one connected-component labelling per cut-off:
+    ``fill[p] = q[p] + #{c >= q[p]: p in a hole of q > c}`` (4-connected background not reaching
+    the border), ``peak[p] = #{c: p 8-connected to pixel seed in q > c}``."""
+    fill, peak = q.astype(np.int64), np.zeros(q.shape, np.int64)
+    sy, sx = divmod(seed, q.shape[1])
+    for c in range(256):
+        _, bg = cv2.connectedComponents(np.pad(q <= c, 1, constant_values=True).view(np.uint8), connectivity=4)
+        fill += (bg[1:-1, 1:-1] != bg[0, 0]) & (q <= c)
+        _, fg = cv2.connectedComponents((q > c).view(np.uint8), connectivity=8)
+        peak += (fg == fg[sy, sx]) & (q > c) & (q[sy, sx] > c)
+    return fill, peak
+
+
+def test_reconstructions_match_their_definitions():
+    """box_tree.reconstruct (scans until stable) gives the fill and peak levels of the
+    definition on hard maps, spirals included (many scans)."""
+    from bcct.box_tree import reconstruct
+
+    maps, _, _ = ref.hard_maps(np.random.default_rng(21), 60, (5, 9, 14, 20))
+    spiral = np.zeros((15, 15))
+    for k in range(0, 8, 2):  # nested square rings with one gap each: a corridor winding inwards
+        spiral[k, k:15 - k] = spiral[14 - k, k:15 - k] = spiral[k:15 - k, k] = spiral[k:15 - k, 14 - k] = 1
+        spiral[k + 1, k] = 0 if k else 1
+        spiral[k + 1, k + 1] = 1
+    for cam in maps + [spiral, spiral.T[::-1]]:
+        q = quantise(cam / max(cam.max(), 1e-9))
+        height, width = q.shape
+        qp = np.pad(q, 1).ravel()
+        fp, hp = np.empty_like(qp), np.empty_like(qp)
+        seed = int(np.argmax(q))
+        reconstruct(qp, fp, hp, (seed // width + 1) * (width + 2) + seed % width + 1, height, width,
+                    np.empty(height + 2, np.uint8))
+        fill, peak = brute_levels(q, seed)
+        np.testing.assert_array_equal(fp.reshape(height + 2, width + 2)[1:-1, 1:-1], fill)
+        np.testing.assert_array_equal(hp.reshape(height + 2, width + 2)[1:-1, 1:-1], peak)
+
+
+def test_compiled_quantisation_is_bit_identical():
+    """metrics.quantised_maps (OpenCV resize + one compiled normalise/cast pass) equals
+    quantise(prepare_scoremap(m)) bit for bit, NaN / constant / infinite maps included."""
+    from bcct.metrics import quantised_maps
+
+    rng = np.random.default_rng(5)
+    maps = [rng.standard_normal((14, 14)) * 10.0 ** rng.uniform(-8, 8) + rng.uniform(-1e6, 1e6) for _ in range(40)]
+    maps += [m.astype(np.float32) for m in maps[:5]] + [torch.rand(7, 9, dtype=torch.bfloat16)]
+    maps += [np.full((14, 14), 3.0), np.ones((224, 224)), rng.random((224, 224)), rng.random((300, 20))]
+    for bad in (np.nan, np.inf, -np.inf):
+        cam = rng.random((14, 14))
+        cam[3, 4] = bad
+        maps.append(cam)
+    for size in (RESIZE, 28):
+        with np.errstate(invalid="ignore"):  # the infinite map: inf - inf in both paths
+            expected = np.stack([quantise(prepare_scoremap(m, size)) for m in maps])
+            np.testing.assert_array_equal(quantised_maps(maps, size), expected)
 
 
 def ref_scaled(boxes, image_size, size):

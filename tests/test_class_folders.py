@@ -92,7 +92,7 @@ def test_train_on_class_folders_says_which_threshold_and_selects_on_classificati
     assert main(["train", "--method", "cam", "--data", str(folders), "--out", str(run), *TINY]) == 0
     out = capsys.readouterr().out
     assert f"eval.threshold={NO_BOX_THRESHOLD}" in out and "val split has no boxes" in out
-    assert "(no boxes: no localisation)" in out
+    assert f"(no boxes: no localisation; tau {NO_BOX_THRESHOLD:.2f})" in out
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     val = log[-1]["val"]["cam"]
     assert set(val) == {"cls_top1", "threshold"} and val["threshold"] == NO_BOX_THRESHOLD
@@ -130,11 +130,55 @@ def test_localize_new_photos_with_the_fixed_threshold(folder_run, folders, tmp_p
     assert len(list((out / "overlays").glob("*.png"))) == 24
 
 
-def test_bcct_trains_on_class_folders_with_automatic_backgrounds(folders, tmp_path):
+def test_bcct_on_class_folders_chooses_its_threshold_against_the_bc_masks(folders, tmp_path, capsys):
+    """No box anywhere: BC-CT's CAM threshold is chosen on val against its own BC masks'
+    boxes (no annotation), kept in the checkpoint, and used by localize."""
+    from bcct import checkpoint
+
     run = tmp_path / "bcct"
     assert main(["train", "--method", "bcct", "--data", str(folders), "--backgrounds", "auto", "--out", str(run),
-                 *TINY, "--quiet"]) == 0
-    assert (run / "best.pt").is_file()
+                 *TINY]) == 0
+    assert "chosen on val against the boxes of the BC masks" in capsys.readouterr().out
+    ckpt = checkpoint.load(run / "best.pt")
+    assert ckpt["config"]["eval"]["threshold"] is None
+    assert set(ckpt["thresholds"]) == {"cam", "agnostic"}
+    assert ckpt["val"]["cam"]["threshold_source"] == "bc_masks" and "top1_loc" not in ckpt["val"]["cam"]
+    out = tmp_path / "boxes"
+    assert main(["localize", "--checkpoint", str(run / "best.pt"), str(folders / "val"), "--out", str(out),
+                 "--no-overlays"]) == 0
+    assert json.loads((out / "boxes.json").read_text())["threshold"] == ckpt["thresholds"]["cam"]
+
+
+def test_the_mask_threshold_is_the_one_that_matches_the_masks_best(make_tiny_cfg):
+    """On a split without boxes the chosen CAM threshold maximises GT-known against the
+    method's own mask boxes: scored here by hand with those boxes as GT."""
+    import numpy as np
+    import torch
+
+    from bcct.data.dataset import WSOLDataset
+    from bcct.data.readers import read_dataset
+    from bcct.data.records import NO_BOXES
+    from bcct.data.transforms import test_transform
+    from bcct.evaluate import evaluate, predict, to_original
+    from bcct.methods import build_method
+    from bcct.metrics import BoxCorrectness, choose_threshold
+
+    cfg = make_tiny_cfg(method="bcct")
+    method = build_method(cfg, 3).eval()
+    records = read_dataset(cfg.data).split("test")
+    ds = WSOLDataset(records, test_transform(cfg.data))
+    pred = predict(method, ds, cfg, torch.device("cpu"))
+    gts = [b[None] for b in to_original(pred["mask_boxes"], ds.image_sizes(), cfg.data.image_size)]
+    want = {}
+    for name, maps in pred["maps"].items():
+        corr = BoxCorrectness(thresholds=np.arange(0, 1, cfg.eval.threshold_step))
+        corr.add(maps, gts, ds.image_sizes())
+        want[name] = choose_threshold(corr)
+    for r in records:
+        r.boxes = NO_BOXES
+    got = evaluate(method, WSOLDataset(records, test_transform(cfg.data)), cfg, torch.device("cpu"))
+    assert {k: v["threshold"] for k, v in got.items()} == pytest.approx(want)
+    assert all(v["threshold_source"] == "bc_masks" and "top1_loc" not in v for v in got.values())
 
 
 def test_a_split_with_boxes_on_some_images_only_is_refused(tiny_data, tmp_path):

@@ -190,7 +190,8 @@ def _known(d: dict, schema, prefix: str, dropped: list[str]) -> dict:
 
 
 # Keys a resumed run may change: they do not change what the steps done so far computed.
-# The CAM threshold when no split has boxes to choose it on (class folders): CAM's own rule,
+# The CAM threshold when val has no boxes to choose it on (class folders) and the method has
+# no masks of its own to choose it against (BC-CT has: bcct.evaluate): CAM's own rule,
 # the region above 20% of the map's maximum (Zhou et al., CVPR 2016, sec. 2); bcct's maps
 # are min-max normalised first, so this is 20% of the range. eval.threshold=T replaces it.
 NO_BOX_THRESHOLD = 0.2

@@ -19,9 +19,10 @@ from bcct import distributed
 from bcct.config import Config
 from bcct.data.dataset import WSOLDataset, collate
 from bcct.errors import BadInput
-from bcct.metrics import BoxCorrectness, default_workers, mask_iou50, mask_validity, summarize
+from bcct.metrics import BoxCorrectness, choose_threshold, default_workers, mask_iou50, mask_validity, summarize
 
 NEEDS_BOXES = "needs boxes"  # the ``localization`` entry of a split without boxes
+MASK_THRESHOLD = "bc_masks"  # threshold_source: chosen against the method's own mask boxes (no annotation)
 
 
 def make_loader(ds: WSOLDataset, cfg: Config, batches: list[list[int]] | None = None) -> DataLoader:
@@ -82,13 +83,17 @@ def has_boxes(ds: WSOLDataset) -> bool:
     return not lacking
 
 
-def correctness(pred: dict, ds: WSOLDataset, cfg: Config) -> dict[str, BoxCorrectness]:
+def correctness(pred: dict, ds: WSOLDataset, cfg: Config, against_masks: bool = False) -> dict[str, BoxCorrectness]:
     """One per-image x per-threshold IoU table per readout (bcct.metrics), rows in the order
-    of ``pred["index"]`` (all of ``ds`` when absent)."""
+    of ``pred["index"]`` (all of ``ds`` when absent). ``against_masks``: the boxes of the
+    method's own masks (BC-CT's BC masks) stand in for the GT boxes."""
     index = pred.get("index", range(len(ds)))
     all_sizes = ds.image_sizes()
     sizes = [all_sizes[i] for i in index]
-    boxes = [ds.records[i].boxes for i in index]
+    if against_masks:
+        boxes = [b[None] for b in to_original(pred["mask_boxes"], sizes, cfg.data.image_size)]
+    else:
+        boxes = [ds.records[i].boxes for i in index]
     thresholds = np.arange(0, 1, cfg.eval.threshold_step)
     # maps are scored on threads over this process's cores, shared with its node's other ranks
     workers = max(1, default_workers() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -122,9 +127,11 @@ def _evaluate(method, ds: WSOLDataset, cfg: Config, device: torch.device, thresh
               progress: bool, detailed: bool) -> dict:
     pred = predict(method, ds, cfg, device, progress, shard=True)
     boxed = has_boxes(ds)
-    scored = correctness(pred, ds, cfg) if boxed else {}
+    fixed = cfg.eval.threshold is not None or bool(thresholds and all(k in thresholds for k in pred["maps"]))
+    against_masks = not boxed and not fixed and pred["mask_boxes"] is not None
+    scored = correctness(pred, ds, cfg, against_masks) if boxed or against_masks else {}
     share = {"index": pred["index"], "top1": pred["top1"], "top5": pred["top5"], "mask_boxes": pred["mask_boxes"],
-             "readouts": list(pred["maps"]),
+             "readouts": list(pred["maps"]), "boxed": boxed,
              "correctness": {name: corr.state_dict() for name, corr in scored.items()},
              "maps": pred["maps"] if detailed else {}}
     shares = distributed.gather_objects(share)
@@ -135,28 +142,38 @@ def _evaluate(method, ds: WSOLDataset, cfg: Config, device: torch.device, thresh
 def _summarize(shares: list[dict], ds: WSOLDataset, cfg: Config, thresholds: dict[str, float] | None,
                detailed: bool = False) -> dict:
     """{"results": metrics} from the processes' shares, their rows put back in dataset order;
-    ``detailed`` adds the rows themselves (:func:`evaluate_detailed`)."""
+    ``detailed`` adds the rows themselves (:func:`evaluate_detailed`). A split without boxes
+    gets classification only, with the CAM threshold given (``eval.threshold``, the
+    checkpoint's) or, for a method with its own masks, chosen against their boxes
+    (``threshold_source: bc_masks``: no annotation is used)."""
     order = np.argsort(np.concatenate([s["index"] for s in shares]), kind="stable")
     top1 = np.concatenate([s["top1"] for s in shares])[order]
     top5 = np.concatenate([s["top5"] for s in shares])[order]
     names = next((list(s["readouts"]) for s in shares if s["readouts"]), [])
+    boxed = shares[0]["boxed"]
     results, corrs = {}, {}
-    if not any(s["correctness"] for s in shares):  # a split without boxes: classification only
-        for name in names:
-            tau = cfg.eval.threshold if cfg.eval.threshold is not None else (thresholds or {}).get(name)
-            results[name] = {"n_images": len(top1), "cls_top1": float(top1.mean()), "cls_top5": float(top5.mean()),
-                             "localization": NEEDS_BOXES, **({"threshold": float(tau)} if tau is not None else {})}
-        names = []
     for name in names:
-        state = BoxCorrectness.concat([s["correctness"][name] for s in shares if name in s["correctness"]]).state_dict()
-        state["iou_v1"], state["iou_v2"] = state["iou_v1"][order], state["iou_v2"][order]
         tau = cfg.eval.threshold
         if tau is None and thresholds and name in thresholds:
             tau = thresholds[name]
-        corrs[name] = BoxCorrectness.from_state_dict(state)
-        results[name] = summarize(corrs[name], top1, top5, threshold=tau)
+        parts = [s["correctness"][name] for s in shares if name in s["correctness"]]
+        if parts:
+            state = BoxCorrectness.concat(parts).state_dict()
+            state["iou_v1"], state["iou_v2"] = state["iou_v1"][order], state["iou_v2"][order]
+            corr = BoxCorrectness.from_state_dict(state)
+        if boxed:
+            corrs[name] = corr
+            results[name] = summarize(corr, top1, top5, threshold=tau)
+            continue
+        results[name] = {"n_images": len(top1), "cls_top1": float(top1.mean()), "cls_top5": float(top5.mean()),
+                         "localization": NEEDS_BOXES}
+        if tau is None and parts:
+            tau = choose_threshold(corr)
+            results[name]["threshold_source"] = MASK_THRESHOLD
+        if tau is not None:
+            results[name]["threshold"] = float(tau)
     mask_boxes = [s["mask_boxes"] for s in shares if s["mask_boxes"] is not None]
-    if mask_boxes and corrs:
+    if mask_boxes and boxed:
         boxes = to_original(np.concatenate(mask_boxes)[order], ds.image_sizes(), cfg.data.image_size)
         gts = [r.boxes for r in ds.records]
         validity, iou50 = mask_validity(boxes, gts), mask_iou50(boxes, gts)

@@ -28,9 +28,9 @@ from bcct.data.dataset import WSOLDataset, collate
 from bcct.data.readers import read_dataset
 from bcct.data.transforms import test_transform, train_transform
 from bcct.errors import BadInput
-from bcct.evaluate import evaluate, has_boxes
+from bcct.evaluate import MASK_THRESHOLD, evaluate, has_boxes
 from bcct.meters import Averages
-from bcct.methods import build_method
+from bcct.methods import METHODS, build_method
 from bcct.runtime import GracefulStop, amp_dtype, autocast, ignore_sigint, memory_format, resolve_device, seed_everything
 
 
@@ -122,12 +122,17 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
         raise BadInput(f"{cfg.data.root}: the train split is empty; check train_test_split.txt")
     val_ds.image_sizes()  # validate val images and boxes before any training time is spent
     if len(val_ds) and not has_boxes(val_ds) and cfg.eval.threshold is None:
-        cfg.eval.threshold = NO_BOX_THRESHOLD  # saved with the run: evaluation and localize use it
+        best = "; best.pt is the epoch of best val classification" if cfg.eval.select == "top1_loc" else ""
+        if getattr(METHODS.get(cfg.method), "has_masks", False):  # BC-CT: its BC masks need no annotation
+            rule = ("the CAM threshold is chosen on val against the boxes of the BC masks (no annotation needed; "
+                    "docs/bcct.md); pass eval.threshold=T to fix one")
+        else:
+            cfg.eval.threshold = NO_BOX_THRESHOLD  # saved with the run: evaluation and localize use it
+            rule = (f"boxes use the fixed eval.threshold={NO_BOX_THRESHOLD} (CAM's 20%-of-max rule, Zhou et al. "
+                    "2016; pass eval.threshold=T for another)")
         if main:
-            best = "; best.pt is the epoch of best val classification" if cfg.eval.select == "top1_loc" else ""
-            print(f"note: {cfg.data.root}: the val split has no boxes, so no CAM threshold can be chosen on it; boxes "
-                  f"use the fixed eval.threshold={NO_BOX_THRESHOLD} (CAM's 20%-of-max rule, Zhou et al. 2016; pass "
-                  f"eval.threshold=T for another){best}", flush=True)
+            print(f"note: {cfg.data.root}: the val split has no boxes, so no CAM threshold can be chosen against GT boxes; "
+                  f"{rule}{best}", flush=True)
     if len(val_ds) == 0 and cfg.eval.threshold is None and main:
         warnings.warn(f"{cfg.data.root}: the val split is empty (data.val_fraction={cfg.data.val_fraction:g}): no CAM "
                       "threshold is chosen on val, so any evaluation must pick it on the split it scores (oracle, "
@@ -210,7 +215,8 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
             scheduler.step()
             distributed.broadcast_state(method)  # evaluate and save rank 0's BatchNorm statistics
             val = evaluate(method, val_ds, cfg, device) if len(val_ds) else {}
-            epoch_thresholds = {name: res["threshold"] for name, res in val.items() if "top1_loc" in res}
+            epoch_thresholds = {name: res["threshold"] for name, res in val.items()  # chosen on val (boxes or BC masks)
+                                if "top1_loc" in res or res.get("threshold_source") == MASK_THRESHOLD}
             record = {"epoch": epoch, "time_s": round(time.time() - t0, 2), "lr": scheduler.get_last_lr(),
                       "train": train_logs, "val": _brief(val)}
             if main:
@@ -276,6 +282,6 @@ def _line(record: dict) -> str:
     parts = [f"epoch {record['epoch']}", f"{record['time_s']:.1f}s", f"loss {record['train'].get('loss', float('nan')):.3f}"]
     for name, res in record["val"].items():
         loc = (f" top1-loc {res['top1_loc']:.3f} gt-known {res.get('gt_known', 0):.3f} @tau {res.get('threshold', 0):.2f}"
-               if "top1_loc" in res else " (no boxes: no localisation)")
+               if "top1_loc" in res else f" (no boxes: no localisation; tau {res.get('threshold', float('nan')):.2f})")
         parts.append(f"val[{name}] cls {res.get('cls_top1', 0):.3f}" + loc)
     return " | ".join(parts)

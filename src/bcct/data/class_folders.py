@@ -8,8 +8,8 @@ Images may sit in sub-folders of a class folder (found recursively, as ImageFold
 Weak supervision needs no boxes, so none are read: BC-CT trains on the labels and a
 Background Image Set. Without ``val/``, a class-stratified ``val_fraction`` of train is
 held out as val (as for CUB). Val and test without boxes give classification numbers;
-the CAM threshold, which needs boxes to be chosen, is then a fixed one (see
-:data:`bcct.config.NO_BOX_THRESHOLD`).
+the CAM threshold, which needs boxes to be chosen, is chosen against BC-CT's own masks, or
+fixed for other methods (:data:`bcct.config.NO_BOX_THRESHOLD`; docs/bcct.md).
 """
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ class Method(nn.Module):
     frozen: tuple[str, ...] = ()
     # True: a step may leave trainable parameters without a gradient (DDP must look for them)
     find_unused_parameters = False
+    # True: mask_boxes() gives the boxes of the method's own supervision masks (BC*; the CAM
+    # threshold of data without boxes is chosen against them)
+    has_masks = False
     # the method's hyperparameter dataclass, read from ``extra.<name>`` into ``self.params``
     params_type: type | None = None
 

@@ -43,6 +43,8 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, 
 
 @register("bcct")
 class BCCT(Method):
+    has_masks = True  # the BC masks (mask_boxes)
+
     @property
     def needs_backgrounds(self) -> bool:
         """Only end-to-end training draws background batches in the loop; two-stage trains

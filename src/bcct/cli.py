@@ -1,4 +1,4 @@
-"""The ``bcct`` command line: synth, train, eval, localize, demo, table.
+"""The ``bcct`` command line: data, synth, pretrain, train, eval, sweep-delta, localize, demo, table.
 
 Every command turns bad input (:class:`bcct.errors.BadInput`) into one ``error:`` line and
 exit status 2, and Ctrl-C into exit status 130; a traceback means a bug in bcct.

@@ -402,7 +402,7 @@ def install_cub(root: str | Path, segmentations: bool = False, from_file: str | 
                 _swap_in(_masks_folder(tmp / "masks", masks), folder / "segmentations")
             check_cub(folder, need_masks=bool(masks))
             _swap_in(folder, root)
-            wset = check_cub(root, need_masks=bool(masks))
+            wset = read_cub(root)  # checked above, before the swap: only the paths change
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     say(f"{root}: CUB-200-2011 ready ({summary(wset)}); train with --data {root}")

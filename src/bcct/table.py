@@ -45,6 +45,7 @@ PAPER = {
     "adl": ("(not in the paper)", "-", "-"),
     "bcct": ("BC-CT (ours); BC*", "53.21 / 42.0", "51.21 / 40.70; BC* 16.95"),
 }
+TRAINING_FREE = ("feature_norm", "pc1", "ddt")  # the floor: printed beside every learned row
 
 
 def resolve_methods(methods: list[str]) -> list[tuple[str, str, list[str]]]:
@@ -141,7 +142,8 @@ def run_table(out: str | Path, data: str | Path | None = None, methods: list[str
             metrics["train_seconds"] = round(time.time() - t0, 1)
         results[label] = metrics
         if progress:
-            print(f"[table] {label}: {status}; top-1 loc {metrics['top1_loc']:.3f}, GT-known {metrics['gt_known']:.3f}")
+            top1 = f"top-1 loc {metrics['top1_loc']:.3f}, " if "top1_loc" in metrics else ""
+            print(f"[table] {label}: {status}; {top1}GT-known {metrics['gt_known']:.3f}")
 
     sweep_text = ""
     bc_rows = [label for label, method, _ in rows if method == "bcct"]

@@ -71,6 +71,7 @@ class EvalConfig:
     threshold: float | None = None  # fixed CAM threshold; None: choose on the held-out val split
     batch_size: int = 64
     select: str = "top1_loc"  # best.pt: best val top-1 loc (top1_loc) or the last epoch (last)
+    every: int = 1  # evaluate val every N epochs and always after the last (0: after the last only); best.pt only from evaluated epochs
 
 
 @dataclass
@@ -103,7 +104,7 @@ class LocalizerConfig:
     teacher: str = "bc+norm"  # pseudo masks from: bc (the BC map) | norm (frozen feature norm) | bc+norm (their mean)
     delta: float = 0.35  # the teacher cut: delta x max, then the largest part (Eq. 2's rule)
     relabel_delta: float = 0.5  # self-training rounds cut the student's own maps here
-    rounds: int = 2  # 1: train on the teacher's masks; 2+: relabel with the student and train again
+    rounds: int = 1  # 1: train on the teacher's masks; 2+: relabel with the student and train again
     epochs: int = 4  # per round
     lr: float = 0.01
     width: int = 128

@@ -216,25 +216,34 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
                                          first_step, backgrounds, lambda step, m: save_last(epoch, step, m), stop, progress)
             scheduler.step()
             distributed.broadcast_state(method)  # evaluate and save rank 0's BatchNorm statistics
-            val = evaluate(method, val_ds, cfg, device) if len(val_ds) else {}
+            judged = _evaluated_epoch(epoch, cfg)
+            val = evaluate(method, val_ds, cfg, device) if len(val_ds) and judged else {}
             epoch_thresholds = _val_thresholds(val)
             record = {"epoch": epoch, "time_s": round(time.time() - t0, 2), "lr": scheduler.get_last_lr(),
                       "train": train_logs, "val": _brief(val)}
             if main:
                 ckpt = make_checkpoint(method, optimizer, scheduler, cfg, epoch, wset.class_names, epoch_thresholds, val,
                                        scaler=scaler)
-                if _score(val, epoch, cfg.eval.select) >= best_score:
+                if judged and _score(val, epoch, cfg.eval.select) >= best_score:
                     checkpoint.save_atomic(ckpt, out_dir / "best.pt")
                 checkpoint.save_atomic(ckpt, out_dir / "last.pt")
                 with open(log_path, "a") as fh:  # after last.pt: a resumed run never repeats a line
                     fh.write(json.dumps(record) + "\n")
                 if progress:
                     print(_line(record), flush=True)
-            if _score(val, epoch, cfg.eval.select) >= best_score:
+            if judged and _score(val, epoch, cfg.eval.select) >= best_score:
                 best_score, best_val, thresholds = _score(val, epoch, cfg.eval.select), val, epoch_thresholds
             if distributed.any_rank(stop.requested) and epoch + 1 < cfg.optim.epochs:
                 raise KeyboardInterrupt  # last.pt holds this finished epoch
     return {"val": best_val, "thresholds": thresholds}
+
+
+def _evaluated_epoch(epoch: int, cfg: Config) -> bool:
+    """Whether val is scored after ``epoch``: every ``eval.every`` epochs and after the last
+    (``eval.every`` 0: after the last only). Skipping val on the other epochs saves its
+    passes (BC-CT's include the BC maps for BC*) when the last epoch is kept anyway."""
+    last = epoch + 1 == cfg.optim.epochs
+    return last or (cfg.eval.every > 0 and (epoch + 1) % cfg.eval.every == 0)
 
 
 def _val_thresholds(val: dict) -> dict[str, float]:

@@ -95,3 +95,39 @@ def test_bcct_trains_the_localizer_and_reports_its_box_readout(make_tiny_cfg, tm
     assert box["threshold"] == ckpt["thresholds"]["box"] and box["threshold_source"] == "given"
     assert {"cls_top1", "top1_loc", "top5_loc", "gt_known", "maxboxacc_v2"} <= set(box)
     assert box["cls_top1"] == metrics["cls_top1"]  # the class comes from the CT classifier
+
+
+def test_best_on_val_picks_the_best_top1_loc_readout_with_a_threshold():
+    from bcct.api import best_on_val
+
+    val = {"cam": {"top1_loc": 0.5, "gt_known": 0.6}, "agnostic": {"top1_loc": 0.7, "gt_known": 0.8},
+           "box": {"top1_loc": 0.7, "gt_known": 0.9}}
+    assert best_on_val(val, {"cam": 0.2, "agnostic": 0.3, "box": 0.4}) == "agnostic"  # tie: the earlier one
+    assert best_on_val(val, {"cam": 0.2, "box": 0.4}) == "box"  # only readouts with a val threshold
+    assert best_on_val({"feature_norm": {"gt_known": 0.7}}, {"feature_norm": 0.5}) == "feature_norm"
+    assert best_on_val({"cam": {"n_images": 3, "localization": "needs boxes"}}, {"cam": 0.3}) is None
+    assert best_on_val({}, {}) is None
+
+
+def test_localize_defaults_to_the_readout_best_on_val_and_says_so(make_tiny_cfg, tmp_path, capsys):
+    from bcct.api import best_on_val, load
+    from bcct.cli import main
+    from PIL import Image
+
+    cfg = make_tiny_cfg("epochs=1", "bcct.warmup_epochs=0", "bcct.bc_epochs=1", "localizer.enabled=true",
+                        "localizer.epochs=1", method="bcct")
+    run = tmp_path / "bcct"
+    train(cfg, run, progress=False)
+    ckpt = checkpoint.load(run / "best.pt")
+    expected = best_on_val(ckpt["val"], ckpt["thresholds"])
+    loc = load(run / "best.pt", device="cpu")
+    assert loc.default_readout == expected
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (40, 30), (120, 60, 30)).save(photo)
+    assert loc.localize(str(photo))[0].readout == expected
+    assert main(["localize", "--checkpoint", str(run / "best.pt"), str(photo), "--out", str(tmp_path / "loc"),
+                 "--no-overlays"]) == 0
+    out = capsys.readouterr().out
+    assert f"with the {expected} readout (best on val)" in out
+    result = json.loads((tmp_path / "loc" / "boxes.json").read_text())
+    assert result["readout"] == expected and result["readout_choice"] == "val"

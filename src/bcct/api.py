@@ -90,6 +90,18 @@ def load(ckpt_path: str | os.PathLike, device: str = "auto") -> "Localizer":
     return Localizer(method, cfg, ckpt, checkpoint=str(ckpt_path))
 
 
+def best_on_val(val: dict, thresholds: dict[str, float]) -> str | None:
+    """The readout with the best val top-1 localisation (GT-known for a map without a
+    classifier) among those with a val-chosen threshold; None when val scored none (no boxes:
+    the primary readout is used). Ties keep the method's order (primary first)."""
+    scored = [(res.get("top1_loc", res.get("gt_known")), name) for name, res in val.items()
+              if name in thresholds and isinstance(res, dict) and res.get("gt_known") is not None]
+    if not scored:
+        return None
+    best = max(v for v, _ in scored)
+    return next(name for v, name in scored if v == best)
+
+
 class Localizer:
     """A trained method in eval mode with its class names, test transform and val thresholds."""
 
@@ -101,6 +113,7 @@ class Localizer:
         self.class_names: list[str] = list(ckpt["class_names"])
         # Val-chosen threshold per readout, in the method's readout order (primary first).
         self.thresholds: dict[str, float] = {k: float(v) for k, v in (ckpt.get("thresholds") or {}).items()}
+        self.default_readout = best_on_val(ckpt.get("val") or {}, self.thresholds)
         self.transform = test_transform(cfg.data)
         self.device = next(method.parameters()).device
 
@@ -114,7 +127,7 @@ class Localizer:
         method's primary one (known only after a forward pass when the checkpoint holds no
         thresholds)."""
         if readout is None and self.thresholds:
-            readout = next(iter(self.thresholds))
+            readout = self.default_readout or next(iter(self.thresholds))
         if readout is not None and self.thresholds and readout not in self.thresholds:
             raise BadInput(f"readout {readout!r} unknown for this {self.method_name} checkpoint; "
                            f"choose one of {', '.join(self.thresholds)}")

@@ -44,12 +44,14 @@ def features_of(backbone, ds, batch=50):
 
 
 def score(maps: np.ndarray, ds) -> dict:
+    """GT-known at the val-best threshold, MaxBoxAccV2, and GT-known if every image could
+    have its own threshold (what a perfect per-image cut would reach)."""
     corr = BoxCorrectness(thresholds=np.arange(0, 1, 0.01))
     corr.add(maps, [r.boxes for r in ds.records], ds.image_sizes())
     tau = choose_threshold(corr)
-    n = len(ds)
-    s = summarize(corr, np.ones(n, bool), np.ones(n, bool), threshold=tau)
-    return {"gt_known": s["gt_known"], "v2": s["maxboxacc_v2"], "tau": tau}
+    s = summarize(corr, None, None, threshold=tau)
+    per_image = float((corr.iou_v1 >= 0.5).any(1).mean())
+    return {"gt_known": s["gt_known"], "v2": s["maxboxacc_v2"], "tau": tau, "per_image": per_image}
 
 
 def norm01(m: torch.Tensor) -> torch.Tensor:
@@ -100,6 +102,25 @@ def head_maps(head, f, fm):
         return flipavg(lambda x: torch.sigmoid(head(x)), f, fm)
 
 
+def per_image_cut(maps: torch.Tensor, rule) -> np.ndarray:
+    """Maps re-scaled so that 0.5 falls on each image's own threshold ``rule(map01)``
+    (piecewise linear, monotone: the boxes at every threshold are the map's own)."""
+    out = []
+    for m in norm01(F.interpolate(maps[:, None].float(), size=(56, 56), mode="bilinear",
+                                  align_corners=False)[:, 0]).numpy():
+        t = float(np.clip(rule(m), 0.01, 0.99))
+        out.append(np.where(m < t, 0.5 * m / t, 0.5 + 0.5 * (m - t) / (1 - t)))
+    return np.stack(out)
+
+
+def mass_cut(share: float):
+    """The value above which ``share`` of the map's total mass lies."""
+    def rule(m):
+        v = np.sort(m.ravel())[::-1]
+        return v[np.searchsorted(np.cumsum(v) / v.sum(), share)]
+    return rule
+
+
 def largest_part(masks: torch.Tensor) -> torch.Tensor:
     from scipy import ndimage
     out = torch.zeros_like(masks)
@@ -145,12 +166,19 @@ def main(argv=None) -> int:
     def report(name, maps_va):
         rows[name] = score(maps_va.float().numpy(), va)
         r = rows[name]
-        print(f"{name:60s} GT-known {100 * r['gt_known']:5.1f}  V2 {100 * r['v2']:5.1f}  tau {r['tau']:.2f}", flush=True)
+        print(f"{name:60s} GT-known {100 * r['gt_known']:5.1f}  V2 {100 * r['v2']:5.1f}  tau {r['tau']:.2f}  "
+              f"per-image cut {100 * r['per_image']:5.1f}", flush=True)
 
     norm_va = flipavg(feature_maps.feature_norm, f_va, fm_va)
     norm_tr = flipavg(feature_maps.feature_norm, f_tr, fm_tr)
     report("feature_norm (flip)", norm_va)
     report("feature_norm (no flip)", feature_maps.feature_norm(f_va.float()))
+    from skimage import filters
+    rules = {"Otsu": filters.threshold_otsu, "Li": filters.threshold_li, "Yen": filters.threshold_yen,
+             "triangle": filters.threshold_triangle, "mean + 0.5 std": lambda m: m.mean() + 0.5 * m.std(),
+             "60% of the mass": mass_cut(0.6)}
+    for rule_name, rule in rules.items():
+        report(f"feature_norm, per-image threshold: {rule_name}", torch.from_numpy(per_image_cut(norm_va, rule)))
     report("pc1 (flip)", flipavg(feature_maps.pc1, f_va, fm_va))
     pca = feature_maps.DescriptorPCA(f_tr.shape[1])
     pca.add(f_tr.float())

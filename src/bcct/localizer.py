@@ -54,10 +54,7 @@ class LocalizerHead(nn.Module):
 
 
 def minmax(maps: torch.Tensor) -> torch.Tensor:
-    """Each [h,w] map of a batch scaled to [0, 1] (a constant map gives 0)."""
-    flat = maps.flatten(1)
-    lo, hi = flat.amin(1)[:, None, None], flat.amax(1)[:, None, None]
-    return (maps - lo) / (hi - lo).clamp_min(1e-6)
+    return class_maps.normalize_maps(maps, "minmax")
 
 
 def teacher_reading(bc, teacher: str):

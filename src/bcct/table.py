@@ -45,7 +45,6 @@ PAPER = {
     "adl": ("(not in the paper)", "-", "-"),
     "bcct": ("BC-CT (ours); BC*", "53.21 / 42.0", "51.21 / 40.70; BC* 16.95"),
 }
-TRAINING_FREE = ("feature_norm", "pc1", "ddt")  # the floor: printed beside every learned row
 
 
 def resolve_methods(methods: list[str]) -> list[tuple[str, str, list[str]]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from bcct.checkpoint import write_text_atomic
+from bcct.files import write_text_atomic
 from bcct.data.images import IMAGE_SUFFIXES, list_images, load_rgb
 from bcct.errors import BadInput
 

@@ -37,11 +37,17 @@ _FLOAT_SLACK = 1e-3
 
 
 def load(ckpt_path: str | os.PathLike, device: str = "auto") -> "Localizer":
-    """A :class:`Localizer` for a checkpoint written by ``bcct train`` (``best.pt`` / ``last.pt``).
+    """A :class:`Localizer` for a checkpoint written by ``bcct train`` (``best.pt`` / ``last.pt``);
+    for a ``.onnx`` file written by ``bcct export``, :class:`bcct.deploy.OnnxLocalizer` (same
+    ``localize``, no PyTorch).
 
     ``device``: ``auto`` (the checkpoint config's device, CUDA when available), ``cpu``,
     ``cuda``, ... Raises :class:`bcct.errors.BadInput` for a file that is not a bcct checkpoint.
     """
+    from bcct.deploy import is_onnx, load_onnx
+
+    if is_onnx(ckpt_path):
+        return load_onnx(ckpt_path, device=device)
     from bcct.run import load_method  # heavy (the training loop's imports): only when loading
 
     method, cfg, ckpt = load_method(str(ckpt_path), device=device)

@@ -221,3 +221,17 @@ def test_standin_weights_come_from_the_session_cache(standin_cache):
     net = backbones.build_backbone("small_vgg", "standin")
     for k, v in net.state_dict().items():
         assert torch.equal(v, saved["backbone"][k]), k
+
+
+def test_val_only_on_the_epochs_eval_every_names(make_tiny_cfg, tmp_path):
+    """eval.every=0: val is scored after the last epoch only, and best.pt is that epoch's."""
+    run = tmp_path / "every"
+    result = train(make_tiny_cfg("epochs=3", "eval.every=0"), run, progress=False)
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [bool(r["val"]) for r in lines] == [False, False, True]
+    best = checkpoint.load(run / "best.pt")
+    assert best["epoch"] == 2 and set(best["thresholds"]) == {"cam"} == set(result["thresholds"])
+    run2 = tmp_path / "every2"
+    train(make_tiny_cfg("epochs=3", "eval.every=2"), run2, progress=False)
+    lines = [json.loads(line) for line in (run2 / "metrics.jsonl").read_text().splitlines()]
+    assert [bool(r["val"]) for r in lines] == [False, True, True]

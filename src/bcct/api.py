@@ -27,7 +27,7 @@ from torchvision import tv_tensors
 from bcct.data.images import load_rgb, to_rgb
 from bcct.data.transforms import test_transform
 from bcct.errors import BadInput
-from bcct.prediction import BaseLocalizer, Prediction, softmax  # noqa: F401  (Prediction: part of the API)
+from bcct.prediction import BaseLocalizer, Prediction, best_on_val, softmax  # noqa: F401  (Prediction: part of the API)
 
 __all__ = ["Localizer", "Prediction", "load"]
 
@@ -66,6 +66,7 @@ class Localizer(BaseLocalizer):
         # Val-chosen threshold per readout, in the method's readout order (primary first).
         self.thresholds: dict[str, float] = {k: float(v) for k, v in (ckpt.get("thresholds") or {}).items()}
         self.fixed_threshold = cfg.eval.threshold
+        self.default_readout = best_on_val(ckpt.get("val") or {}, self.thresholds)
         self.transform = test_transform(cfg.data)
         self.device = next(method.parameters()).device
 

@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     p.add_argument("--out", required=True, help="writes OUT/boxes.json and OUT/overlays/<stem>.png")
     p.add_argument("--threshold", type=float, default=None, help="CAM threshold (default: the one chosen on val)")
-    p.add_argument("--readout", default=None, help="score map to read (default: the method's primary one)")
+    p.add_argument("--readout", default=None, help="score map to read (default: the one with the best val top-1 "
+                   "localisation, e.g. BC-CT's box; the primary one when val had no boxes)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-overlays", action="store_true", help="write boxes.json only")
 
@@ -230,8 +231,9 @@ def cmd_localize(args) -> int:
 
     result = localize_paths(args.checkpoint, args.paths, args.out, threshold=args.threshold, readout=args.readout,
                             batch_size=args.batch_size, overlays=not args.no_overlays)
-    print(f"localized {len(result['images'])} images ({len(result['skipped'])} skipped) at CAM threshold "
-          f"{result['threshold']:g} -> {Path(args.out) / 'boxes.json'}")
+    how = {"given": "given", "val": "best on val", "primary": "primary"}[result["readout_choice"]]
+    print(f"localized {len(result['images'])} images ({len(result['skipped'])} skipped) with the "
+          f"{result['readout']} readout ({how}) at threshold {result['threshold']:g} -> {Path(args.out) / 'boxes.json'}")
     return 0
 
 

@@ -71,6 +71,7 @@ class EvalConfig:
     threshold: float | None = None  # fixed CAM threshold; None: choose on the held-out val split
     batch_size: int = 64
     select: str = "top1_loc"  # best.pt: best val top-1 loc (top1_loc) or the last epoch (last)
+    every: int = 1  # evaluate val every N epochs and always after the last (0: after the last only); best.pt only from evaluated epochs
 
 
 @dataclass
@@ -96,6 +97,21 @@ class BCCTConfig:
 
 
 @dataclass
+class LocalizerConfig:
+    """BC-CT's learned class-agnostic localizer, the ``box`` readout (bcct/localizer.py)."""
+
+    enabled: bool = False  # train it after the BC stage (two-stage BC-CT only); off in the paper's recipes
+    teacher: str = "bc+norm"  # pseudo masks from: bc (the BC map) | norm (frozen feature norm) | bc+norm (their mean)
+    delta: float = 0.35  # the teacher cut: delta x max, then the largest part (Eq. 2's rule)
+    relabel_delta: float = 0.5  # self-training rounds cut the student's own maps here
+    rounds: int = 1  # 1: train on the teacher's masks; 2+: relabel with the student and train again
+    epochs: int = 4  # per round
+    lr: float = 0.01
+    width: int = 128
+    blend: float = 0.5  # readout = (1 - blend) x student + blend x the feature-norm floor
+
+
+@dataclass
 class Config:
     method: str = "cam"
     seed: int = 0
@@ -106,6 +122,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     bcct: BCCTConfig = field(default_factory=BCCTConfig)
+    localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
     extra: dict[str, Any] = field(default_factory=dict)  # per-method hyperparameters, e.g. extra.acol.erase_threshold=0.7 (defaults and sources in bcct/methods/<name>.py)
 
 

@@ -48,19 +48,25 @@ def predict(method, ds: WSOLDataset, cfg: Config, device: torch.device, progress
         images, labels = batch["image"].to(device), batch["label"].to(device)
         index.append(batch["index"].numpy())
         out = method(images)
-        k = min(5, out["logits"].shape[1])
-        topk = out["logits"].topk(k, dim=1).indices
-        top1.append((topk[:, 0] == labels).cpu().numpy())
-        top5.append((topk == labels[:, None]).any(1).cpu().numpy())
+        if out.get("logits") is not None:  # a training-free map has no classifier
+            k = min(5, out["logits"].shape[1])
+            topk = out["logits"].topk(k, dim=1).indices
+            top1.append((topk[:, 0] == labels).cpu().numpy())
+            top5.append((topk == labels[:, None]).any(1).cpu().numpy())
         for name, m in method.score_maps(out, labels).items():
             maps.setdefault(name, []).append(m.float().cpu().numpy())
         boxes = method.mask_boxes(images)
         if boxes is not None:
             mboxes.append(boxes.cpu().numpy())
+    classifies = bool(top1) or not index  # None flags: the method has no classifier
+
+    def flags(rows):
+        return (np.concatenate(rows) if rows else np.zeros(0, dtype=bool)) if classifies else None
+
     return {
         "maps": {k: np.concatenate(v) for k, v in maps.items()},
-        "top1": np.concatenate(top1) if top1 else np.zeros(0, dtype=bool),
-        "top5": np.concatenate(top5) if top5 else np.zeros(0, dtype=bool),
+        "top1": flags(top1),
+        "top5": flags(top5),
         "mask_boxes": np.concatenate(mboxes) if mboxes else None,
         "index": np.concatenate(index) if index else np.zeros(0, dtype=np.int64),
     }
@@ -147,8 +153,9 @@ def _summarize(shares: list[dict], ds: WSOLDataset, cfg: Config, thresholds: dic
     checkpoint's) or, for a method with its own masks, chosen against their boxes
     (``threshold_source: bc_masks``: no annotation is used)."""
     order = np.argsort(np.concatenate([s["index"] for s in shares]), kind="stable")
-    top1 = np.concatenate([s["top1"] for s in shares])[order]
-    top5 = np.concatenate([s["top5"] for s in shares])[order]
+    classifies = all(s["top1"] is not None for s in shares)  # False: a map without a classifier
+    top1 = np.concatenate([s["top1"] for s in shares])[order] if classifies else None
+    top5 = np.concatenate([s["top5"] for s in shares])[order] if classifies else None
     names = next((list(s["readouts"]) for s in shares if s["readouts"]), [])
     boxed = shares[0]["boxed"]
     results, corrs = {}, {}
@@ -165,8 +172,9 @@ def _summarize(shares: list[dict], ds: WSOLDataset, cfg: Config, thresholds: dic
             corrs[name] = corr
             results[name] = summarize(corr, top1, top5, threshold=tau)
             continue
-        results[name] = {"n_images": len(top1), "cls_top1": float(top1.mean()), "cls_top5": float(top5.mean()),
-                         "localization": NEEDS_BOXES}
+        results[name] = {"n_images": len(order), "localization": NEEDS_BOXES}
+        if classifies:
+            results[name].update(cls_top1=float(top1.mean()), cls_top5=float(top5.mean()))
         if tau is None and parts:
             tau = choose_threshold(corr)
             results[name]["threshold_source"] = MASK_THRESHOLD

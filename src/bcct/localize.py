@@ -72,6 +72,7 @@ def localize_paths(checkpoint: str | os.PathLike, paths: list[str | os.PathLike]
         raise BadInput(f"--batch-size {batch_size}: must be at least 1")
     files = collect_images(paths)
     loc = load_localizer(checkpoint, device=device)
+    given_readout = readout is not None
     readout, tau = loc.resolve(threshold, readout)  # a bad readout/threshold fails before any work
     out = Path(out)
     entries: list[dict] = []
@@ -101,7 +102,9 @@ def localize_paths(checkpoint: str | os.PathLike, paths: list[str | os.PathLike]
     if not entries:
         raise BadInput(f"none of the {len(files)} image file(s) could be read (see the warnings above); "
                        "nothing written")
-    result = {"checkpoint": str(checkpoint), "method": loc.method_name, "readout": readout, "threshold": tau,
+    chosen = "given" if given_readout else "val" if loc.default_readout and readout == loc.default_readout else "primary"
+    result = {"checkpoint": str(checkpoint), "method": loc.method_name, "readout": readout, "readout_choice": chosen,
+              "threshold": tau,
               "images": entries, "skipped": skipped}
     write_text_atomic(dumps(result), out / "boxes.json")
     return result

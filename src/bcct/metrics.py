@@ -381,6 +381,9 @@ def summarize(
 ) -> dict[str, float | int | str]:
     """All WSOL numbers as fractions in [0, 1].
 
+    ``cls_top1``/``cls_top5`` None: a map without a classifier (a training-free
+    reading); the class and top-k localisation entries are then left out.
+
     ``top1_loc``/``top5_loc``/``gt_known`` use the V1 box at the chosen
     threshold: ``threshold`` if given (``threshold_source: "given"``),
     otherwise the oracle threshold picked on this very split
@@ -389,8 +392,9 @@ def summarize(
     """
     _require_images(correctness)
     n = len(correctness)
-    top1 = _flags(cls_top1, n, "cls_top1")
-    top5 = _flags(cls_top5, n, "cls_top5")
+    classifies = cls_top1 is not None
+    top1 = _flags(cls_top1 if classifies else np.ones(n, bool), n, "cls_top1")
+    top5 = _flags(cls_top5 if classifies else np.ones(n, bool), n, "cls_top5")
     v1_hits = iou_hits(correctness.iou_v1, IOU_THRESHOLD)
     oracle = int(np.argmax(v1_hits.mean(axis=0)))
     chosen = oracle if threshold is None else correctness.threshold_index(threshold)
@@ -412,6 +416,9 @@ def summarize(
         "oracle_top1_loc": float((top1 & v1_hits[:, oracle]).mean()),
         "oracle_gt_known": float(v1_hits[:, oracle].mean()),
     }
+    if not classifies:
+        for key in ("cls_top1", "cls_top5", "top1_loc", "top5_loc", "oracle_top1_loc"):
+            del summary[key]
     if correctness.n_mask_images:
         summary["pxap"] = pxap_from_histograms(correctness.mask_histograms)
     return summary

@@ -75,6 +75,7 @@ class BaseLocalizer:
     class_names: list[str]
     thresholds: dict[str, float]  # val-chosen, per readout, in the method's readout order (primary first)
     fixed_threshold: float | None = None  # the config's eval.threshold, used when no val-chosen one fits
+    default_readout: str | None = None  # the readout best on val (best_on_val); None: the primary one
 
     # -- choices ----------------------------------------------------------------------------
     def resolve(self, threshold: float | None = None, readout: str | None = None) -> tuple[str | None, float]:
@@ -82,7 +83,7 @@ class BaseLocalizer:
         method's primary one (known only after a forward pass when the checkpoint holds no
         thresholds)."""
         if readout is None and self.thresholds:
-            readout = next(iter(self.thresholds))
+            readout = self.default_readout or next(iter(self.thresholds))
         if readout is not None and self.thresholds and readout not in self.thresholds:
             raise BadInput(f"readout {readout!r} unknown for this {self.method_name} checkpoint; "
                            f"choose one of {', '.join(self.thresholds)}")
@@ -133,6 +134,18 @@ class BaseLocalizer:
 
     def _scores(self, images: list) -> tuple[np.ndarray, dict[str, np.ndarray], list[tuple[int, int]]]:
         raise NotImplementedError
+
+
+def best_on_val(val: dict, thresholds: dict[str, float]) -> str | None:
+    """The readout with the best val top-1 localisation (GT-known for a map without a
+    classifier) among those with a val-chosen threshold; None when val scored none (no boxes:
+    the primary readout is used). Ties keep the method's order (primary first)."""
+    scored = [(res.get("top1_loc", res.get("gt_known")), name) for name, res in val.items()
+              if name in thresholds and isinstance(res, dict) and res.get("gt_known") is not None]
+    if not scored:
+        return None
+    best = max(v for v, _ in scored)
+    return next(name for v, name in scored if v == best)
 
 
 def read_predictions(probs: np.ndarray, raw_maps: np.ndarray, sizes: list[tuple[int, int]], class_names: list[str],

@@ -141,7 +141,8 @@ def run_table(out: str | Path, data: str | Path | None = None, methods: list[str
             metrics["train_seconds"] = round(time.time() - t0, 1)
         results[label] = metrics
         if progress:
-            print(f"[table] {label}: {status}; top-1 loc {metrics['top1_loc']:.3f}, GT-known {metrics['gt_known']:.3f}")
+            top1 = f"top-1 loc {metrics['top1_loc']:.3f}, " if "top1_loc" in metrics else ""
+            print(f"[table] {label}: {status}; {top1}GT-known {metrics['gt_known']:.3f}")
 
     sweep_text = ""
     bc_rows = [label for label, method, _ in rows if method == "bcct"]

@@ -86,8 +86,8 @@ def make_checkpoint(method, optimizer, scheduler, cfg: Config, epoch: int, class
         "method": cfg.method,
         "model": checkpoint.trained_state(method),
         "frozen": list(method.frozen),  # left out of "model": rebuilt from model.pretrained
-        "optimizer": optimizer.state_dict(),
-        "lr_scheduler": scheduler.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else {},
+        "lr_scheduler": scheduler.state_dict() if scheduler is not None else {},
         "scaler": scaler.state_dict() if scaler is not None else {},
         "epoch": epoch,
         "step": step,
@@ -151,6 +151,8 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
     if method.needs_backgrounds:  # a missing, empty or corrupt Background Image Set fails before anything is written
         make_background_set(folder, train_paths, train_transform(cfg.data))
 
+    if not method.trainable:  # a training-free map: fit what it fits, choose its threshold on val, done
+        return _record_only(method, cfg, out_dir, device, train_ds, val_ds, folder, wset.class_names, progress)
     optimizer = torch.optim.SGD(method.param_groups(), momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.optim.lr_step_epochs), gamma=cfg.optim.lr_gamma)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(cfg.amp) == torch.float16)
@@ -214,26 +216,62 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
                                          first_step, backgrounds, lambda step, m: save_last(epoch, step, m), stop, progress)
             scheduler.step()
             distributed.broadcast_state(method)  # evaluate and save rank 0's BatchNorm statistics
-            val = evaluate(method, val_ds, cfg, device) if len(val_ds) else {}
-            epoch_thresholds = {name: res["threshold"] for name, res in val.items()  # chosen on val (boxes or BC masks)
-                                if "top1_loc" in res or res.get("threshold_source") == MASK_THRESHOLD}
+            judged = _evaluated_epoch(epoch, cfg)
+            val = evaluate(method, val_ds, cfg, device) if len(val_ds) and judged else {}
+            epoch_thresholds = _val_thresholds(val)
             record = {"epoch": epoch, "time_s": round(time.time() - t0, 2), "lr": scheduler.get_last_lr(),
                       "train": train_logs, "val": _brief(val)}
             if main:
                 ckpt = make_checkpoint(method, optimizer, scheduler, cfg, epoch, wset.class_names, epoch_thresholds, val,
                                        scaler=scaler)
-                if _score(val, epoch, cfg.eval.select) >= best_score:
+                if judged and _score(val, epoch, cfg.eval.select) >= best_score:
                     checkpoint.save_atomic(ckpt, out_dir / "best.pt")
                 checkpoint.save_atomic(ckpt, out_dir / "last.pt")
                 with open(log_path, "a") as fh:  # after last.pt: a resumed run never repeats a line
                     fh.write(json.dumps(record) + "\n")
                 if progress:
                     print(_line(record), flush=True)
-            if _score(val, epoch, cfg.eval.select) >= best_score:
+            if judged and _score(val, epoch, cfg.eval.select) >= best_score:
                 best_score, best_val, thresholds = _score(val, epoch, cfg.eval.select), val, epoch_thresholds
             if distributed.any_rank(stop.requested) and epoch + 1 < cfg.optim.epochs:
                 raise KeyboardInterrupt  # last.pt holds this finished epoch
     return {"val": best_val, "thresholds": thresholds}
+
+
+def _evaluated_epoch(epoch: int, cfg: Config) -> bool:
+    """Whether val is scored after ``epoch``: every ``eval.every`` epochs and after the last
+    (``eval.every`` 0: after the last only). Skipping val on the other epochs saves its
+    passes (BC-CT's include the BC maps for BC*) when the last epoch is kept anyway."""
+    last = epoch + 1 == cfg.optim.epochs
+    return last or (cfg.eval.every > 0 and (epoch + 1) % cfg.eval.every == 0)
+
+
+def _val_thresholds(val: dict) -> dict[str, float]:
+    """The thresholds chosen on val (against its boxes, or against the BC masks' boxes)."""
+    return {name: res["threshold"] for name, res in val.items()
+            if "gt_known" in res or res.get("threshold_source") == MASK_THRESHOLD}
+
+
+def _record_only(method, cfg: Config, out_dir: Path, device, train_ds, val_ds, folder, class_names,
+                 progress: bool) -> dict:
+    """``bcct train`` for a method with nothing to train: its ``prepare`` (e.g. DDT's fit on the
+    train images), the threshold chosen on val, and best.pt / last.pt as after an epoch."""
+    t0 = time.time()
+    prep_stats = method.prepare(train_ds, folder, device, progress)
+    val = evaluate(method, val_ds, cfg, device) if len(val_ds) else {}
+    thresholds = _val_thresholds(val)
+    record = {"epoch": 0, "time_s": round(time.time() - t0, 2), "train": {}, "val": _brief(val),
+              **({"prepare": prep_stats} if prep_stats else {})}
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_text_atomic(to_yaml(cfg), out_dir / "config.yaml")
+        ckpt = make_checkpoint(method, None, None, cfg, 0, class_names, thresholds, val)
+        checkpoint.save_atomic(ckpt, out_dir / "best.pt")
+        checkpoint.save_atomic(ckpt, out_dir / "last.pt")
+        checkpoint.write_text_atomic(json.dumps(record) + "\n", out_dir / "metrics.jsonl")
+        if progress:
+            print(f"{cfg.method}: nothing to train; " + _line(record), flush=True)
+    return {"val": val, "thresholds": thresholds}
 
 
 def _start_epoch_state(seed: int, epoch: int, rank: int, world: int, resumed: dict | None) -> Averages:
@@ -279,9 +317,13 @@ def _brief(val: dict) -> dict:
 
 
 def _line(record: dict) -> str:
-    parts = [f"epoch {record['epoch']}", f"{record['time_s']:.1f}s", f"loss {record['train'].get('loss', float('nan')):.3f}"]
+    parts = [f"epoch {record['epoch']}", f"{record['time_s']:.1f}s"]
+    if "loss" in record["train"]:
+        parts.append(f"loss {record['train']['loss']:.3f}")
     for name, res in record["val"].items():
-        loc = (f" top1-loc {res['top1_loc']:.3f} gt-known {res.get('gt_known', 0):.3f} @tau {res.get('threshold', 0):.2f}"
-               if "top1_loc" in res else f" (no boxes: no localisation; tau {res.get('threshold', float('nan')):.2f})")
-        parts.append(f"val[{name}] cls {res.get('cls_top1', 0):.3f}" + loc)
+        cls = f" cls {res['cls_top1']:.3f}" if "cls_top1" in res else ""
+        top1 = f" top1-loc {res['top1_loc']:.3f}" if "top1_loc" in res else ""
+        loc = (f"{top1} gt-known {res['gt_known']:.3f} @tau {res.get('threshold', 0):.2f}"
+               if "gt_known" in res else f" (no boxes: no localisation; tau {res.get('threshold', float('nan')):.2f})")
+        parts.append(f"val[{name}]{cls}" + loc)
     return " | ".join(parts)

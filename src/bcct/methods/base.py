@@ -24,12 +24,17 @@ def register(name: str):
 class Method(nn.Module):
     """Subclasses set up their model pieces in ``__init__`` and override what differs.
 
-    - ``forward(images)`` -> dict with at least ``logits`` [B,C] and ``cams`` [B,C,h,w]
+    - ``forward(images)`` -> dict with ``logits`` [B,C] (absent for a method without a
+      classifier: its results carry no class or top-1/top-5 localisation) and what its
+      ``score_maps`` reads
     - ``training_step(batch)`` -> (loss, {name: float}) for one batch
     - ``score_maps(out, classes)`` -> {readout name: [B,h,w]}; the first is the primary one
     """
 
     name = "base"
+    # False: nothing to train (a training-free map); ``bcct train`` runs ``prepare``, chooses the
+    # threshold on val and writes the checkpoint, with no epoch
+    trainable = True
     needs_backgrounds = False  # True: the loop adds batch["background"], half a batch of Background Image Set images
     # state-dict prefixes of pieces never trained (they come from the pretrained weights): left out of checkpoints
     frozen: tuple[str, ...] = ()

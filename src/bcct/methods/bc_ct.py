@@ -10,6 +10,10 @@ Choices where the paper is silent or wrong (each a config key under ``bcct``; se
 - ``mode``: ``end2end`` (paper 4.2: masks from the current BC on the augmented batch) or
   ``two_stage`` (BC trained first; masks cached per image and transformed with it).
 - ``ignore_band``, ``warmup_epochs``: SPG/BGC-style ignore band and plain-CAM warm-up.
+
+With ``localizer.enabled`` (two-stage), a class-agnostic localizer is trained after the BC
+stage on pseudo masks (bcct/localizer.py) and read as a third readout, ``box``; the
+primary readout stays the paper's CAM.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from bcct import class_maps
 from bcct.bc_model import BCModel, bc_loss
 from bcct.config import Config
 from bcct.ct_model import CTModel
+from bcct.errors import BadInput
 from bcct.gradient_map import bc_maps
+from bcct.localizer import LocalizerHead, box_map, train_localizer
 from bcct.mask import bc_mask, decode_masks, delta_mask, mask_boxes
 from bcct.methods.base import Method, register
 from bcct.two_stage import cache_masks, train_bc
@@ -68,9 +74,19 @@ class BCCT(Method):
         self.mask_on = True
         # two-stage: set once the BC model has been trained (saved with the checkpoint)
         self.register_buffer("bc_ready", torch.zeros((), dtype=torch.bool))
+        self.localizer = None
+        if cfg.localizer.enabled:
+            if b.mode != "two_stage":
+                raise BadInput("localizer.enabled=true needs bcct.mode=two_stage (the localizer learns from the trained "
+                               "BC model's masks before the CT stage)")
+            self.localizer = LocalizerHead(self.bc.features.out_channels, cfg.localizer.width)
+            self.register_buffer("localizer_ready", torch.zeros((), dtype=torch.bool))
 
     def forward(self, images: torch.Tensor) -> dict:
-        return self.model(images)
+        out = self.model(images)
+        if self.localizer is not None and bool(self.localizer_ready) and not self.training:
+            out["box"] = box_map(self, images)
+        return out
 
     def on_epoch_start(self, epoch: int) -> None:
         self.mask_on = epoch >= self.cfg.bcct.warmup_epochs
@@ -115,6 +131,9 @@ class BCCT(Method):
         if not bool(self.bc_ready):
             stats = train_bc(self, train_ds, background_folder, device, progress)
             self.bc_ready.fill_(True)
+        if self.localizer is not None and not bool(self.localizer_ready):
+            stats = {**(stats or {}), "localizer": train_localizer(self, train_ds, device, progress)}
+            self.localizer_ready.fill_(True)
         train_ds.cached_masks = cache_masks(self, train_ds, device)
         return stats
 
@@ -163,6 +182,8 @@ class BCCT(Method):
         maps = {"cam": class_maps.select(out["cams"], classes)}
         if "branch" in out:
             maps["agnostic"] = out["branch"]
+        if "box" in out:
+            maps["box"] = out["box"]
         return maps
 
     def param_groups(self) -> list[dict]:

@@ -85,6 +85,7 @@ class OnnxLocalizer(BaseLocalizer):
         self.readouts = list(meta["readouts"])
         self.thresholds = {k: float(meta["thresholds"][k]) for k in self.readouts if k in meta["thresholds"]}
         self.fixed_threshold = meta.get("fixed_threshold")
+        self.default_readout = meta.get("default_readout")
         self.size = int(meta["input_size"])
         self.mean = np.asarray(meta["mean"], np.float32).reshape(1, 1, 3)
         self.std = np.asarray(meta["std"], np.float32).reshape(1, 1, 3)

@@ -25,12 +25,13 @@ import torch
 from torch import nn
 
 from bcct.errors import BadInput
+from bcct.prediction import best_on_val
 
 ONNX_FORMAT = "bcct-onnx-1"
 OPSET = 17
 # metadata_props keys of an exported file, each value JSON: what bcct.deploy reads back
 METADATA = ("bcct_format", "method", "checkpoint", "class_names", "input_size", "mean", "std", "readouts",
-            "thresholds", "fixed_threshold")
+            "thresholds", "fixed_threshold", "default_readout")
 
 
 class ForwardReadouts(nn.Module):
@@ -89,6 +90,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike) -> dict:
         "readouts": readouts,
         "thresholds": {name: float(saved[name]) for name in readouts if name in saved},
         "fixed_threshold": cfg.eval.threshold,
+        "default_readout": best_on_val(ckpt.get("val") or {}, {n: saved[n] for n in readouts if n in saved}),
     }
     graph = ForwardReadouts(method, readouts).eval()
     example = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, size, size), dtype=np.float32))

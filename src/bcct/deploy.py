@@ -107,7 +107,7 @@ class OnnxLocalizer(BaseLocalizer):
                                "(x * 255).round().astype(np.uint8)")
             if arr.size == 0:
                 raise BadInput(f"image of shape {image.shape} is empty")
-            image = Image.fromarray(arr)
+            image = Image.fromarray(np.ascontiguousarray(arr))
         if not isinstance(image, Image.Image):
             raise BadInput(f"cannot localise a {type(image).__name__} with an ONNX file: pass a path, a PIL image "
                            "or a numpy uint8 array")

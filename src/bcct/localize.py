@@ -1,6 +1,7 @@
 """``bcct localize``: boxes for image files and folders -> ``OUT/boxes.json`` and overlays.
 
-A thin layer over :mod:`bcct.api` (the CLI and the Python API share every step): it
+A thin layer over :mod:`bcct.api` (or :mod:`bcct.deploy` for an ONNX file, without torch;
+the CLI and the Python API share every step): it
 expands folders, reads each file (an unreadable one is skipped with a warning, not fatal),
 feeds the images to :meth:`bcct.api.Localizer.localize` in batches and writes the results.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from bcct.checkpoint import write_text_atomic
+from bcct.files import write_text_atomic
 from bcct.data.images import IMAGE_SUFFIXES, list_images, load_rgb
 from bcct.errors import BadInput
 
@@ -46,6 +47,18 @@ def collect_images(paths: list[str | os.PathLike]) -> list[Path]:
     return unique
 
 
+def load_localizer(checkpoint: str | os.PathLike, device: str = "auto"):
+    """An ONNX file's localizer (:mod:`bcct.deploy`: torch is never imported) or a checkpoint's
+    (:func:`bcct.api.load`)."""
+    from bcct.deploy import is_onnx, load_onnx
+
+    if is_onnx(checkpoint):
+        return load_onnx(checkpoint, device=device)
+    from bcct.api import load
+
+    return load(checkpoint, device=device)
+
+
 def localize_paths(checkpoint: str | os.PathLike, paths: list[str | os.PathLike], out: str | os.PathLike,
                    threshold: float | None = None, readout: str | None = None, batch_size: int = 32,
                    overlays: bool = True, device: str = "auto", progress: bool = True) -> dict:
@@ -55,12 +68,10 @@ def localize_paths(checkpoint: str | os.PathLike, paths: list[str | os.PathLike]
     reason (and one ``warning:`` line on stderr each); if none is readable, :class:`BadInput`.
     Nothing is written before the checkpoint has loaded and at least one image was read.
     """
-    from bcct.api import load
-
     if int(batch_size) < 1:
         raise BadInput(f"--batch-size {batch_size}: must be at least 1")
     files = collect_images(paths)
-    loc = load(checkpoint, device=device)
+    loc = load_localizer(checkpoint, device=device)
     given_readout = readout is not None
     readout, tau = loc.resolve(threshold, readout)  # a bad readout/threshold fails before any work
     out = Path(out)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from bcct import checkpoint
+from bcct import checkpoint, imagenet
 from bcct.config import from_dict, load_config, to_dict
 from bcct.data.dataset import WSOLDataset
 from bcct.data.readers import read_dataset
 from bcct.data.transforms import test_transform
 from bcct.errors import BadInput
 from bcct.evaluate import evaluate, flatten
+from bcct.imagenet import IMAGENET
 from bcct.methods import build_method
 from bcct.runtime import resolve_device
 
@@ -19,7 +20,12 @@ def load_method(ckpt_path: str, overrides: list[str] | None = None, device: str 
     """(method in eval mode, config, checkpoint dict). The weights come from the checkpoint,
     so the backbone is built without pretrained weights (nothing is downloaded), unless the
     checkpoint leaves frozen pieces out (``frozen``: e.g. BC-CT's BC backbone), which then
-    come from ``model.pretrained`` as in training."""
+    come from ``model.pretrained`` as in training. ``imagenet`` is the pip-shipped ImageNet
+    classifier with training-free maps (:mod:`bcct.imagenet`)."""
+    if str(ckpt_path) == IMAGENET:
+        if overrides:
+            raise BadInput(f"--checkpoint {IMAGENET} takes no key=value overrides (got {' '.join(overrides)})")
+        return imagenet.load(device=str(resolve_device(device)))
     ckpt = checkpoint.load(ckpt_path)
     cfg = from_dict(ckpt["config"])
     if overrides:
@@ -72,8 +78,11 @@ def eval_setup(ckpt_path: str, data: str | None = None, split: str = "test", ora
     method, cfg, ckpt = load_method(ckpt_path, overrides)
     if data:
         cfg.data.root = data
-    wset = read_dataset(cfg.data, seed=cfg.seed)
-    if wset.num_classes != len(ckpt["class_names"]):
+    if not cfg.data.root:
+        raise BadInput(f"--checkpoint {ckpt_path} was trained on no data folder: pass --data ROOT")
+    # the ImageNet classifier's labels are ImageNet's standard indices, whatever classes the data holds
+    wset = read_dataset(cfg.data, seed=cfg.seed, classes=ckpt.get("synsets"))
+    if not ckpt.get("synsets") and wset.num_classes != len(ckpt["class_names"]):
         raise BadInput(f"{cfg.data.root}: has {wset.num_classes} classes but {ckpt_path} was trained on "
                        f"{len(ckpt['class_names'])}; evaluate it on the data it was trained for")
     ds = WSOLDataset(wset.split(split), test_transform(cfg.data))
@@ -82,12 +91,24 @@ def eval_setup(ckpt_path: str, data: str | None = None, split: str = "test", ora
         raise BadInput(f"{cfg.data.root}: the {split} split is empty; evaluate another with --split "
                        f"({' or '.join(others) or 'none has images'})")
     thresholds = None if oracle else ckpt.get("thresholds") or None
+    if ckpt.get("threshold_source") == "fixed" and not oracle:  # no training chose one: choose it on val now
+        thresholds = thresholds_on_val(method, cfg, wset, thresholds)
     if thresholds is None and not (oracle or fallback_oracle) and cfg.eval.threshold is None:
         raise BadInput(f"{ckpt_path}: holds no CAM threshold chosen on val (trained with data.val_fraction=0, or a "
                        f"mid-epoch last.pt), so it would be chosen on the {split} split itself; pass --oracle to accept "
                        "that (reported as ORACLE), eval.threshold=T to fix one, or evaluate a best.pt trained with a "
                        "val split")
     return method, cfg, ckpt, ds, thresholds
+
+
+def thresholds_on_val(method, cfg, wset, fixed: dict[str, float]) -> dict[str, float]:
+    """The CAM threshold of every readout chosen on ``wset``'s val split (as training chooses
+    it; for a model that saw no training data); ``fixed`` when val is empty or has no boxes."""
+    val = WSOLDataset(wset.split("val"), test_transform(cfg.data))
+    if len(val) == 0 or not all(len(r.boxes) for r in val.records):
+        return fixed
+    results = evaluate(method, val, cfg, next(method.parameters()).device, thresholds=None)
+    return {name: float(res["threshold"]) for name, res in results.items()}
 
 
 def val_threshold(ckpt: dict, readout: str, ckpt_path) -> float:

@@ -104,24 +104,31 @@ def _find_xml(boxes_dir: Path, image: Path, val_dir: Path) -> Path:
     )
 
 
-def read_ilsvrc(root: str | Path, val_fraction: float = 0.1, seed: int = 0) -> WSOLSet:
+def read_ilsvrc(root: str | Path, val_fraction: float = 0.1, seed: int = 0, classes: list[str] | None = None) -> WSOLSet:
     """Parse an ImageNet folder (see the module docstring); raise BadInput on any bad input.
 
     Train: every image of ``train/<wnid>/``, no boxes. The official val images (with XML
     boxes) are split per class into ``val`` (``val_fraction``) and ``test`` by ``seed``.
+    ``classes``: the WordNet IDs of a model's classes, in its order (an ImageNet classifier's
+    standard order): they name the labels, train/ is neither needed nor read, and val/ may
+    hold any subset of them.
     """
     root = Path(root)
     if not root.is_dir():
         raise BadInput(f"{root}: data folder not found; pass --data ROOT (an ImageNet folder with train/ and val/)")
     train_dir, val_dir, boxes_dir = root / "train", root / "val", root / "val_boxes"
-    for d, what in ((train_dir, "train/<wnid>/*.JPEG"), (val_dir, "val/*.JPEG or val/<wnid>/*.JPEG"),
-                    (boxes_dir, "val_boxes/*.xml (ILSVRC2012_bbox_val)")):
+    needed = [(val_dir, "val/*.JPEG or val/<wnid>/*.JPEG"), (boxes_dir, "val_boxes/*.xml (ILSVRC2012_bbox_val)")]
+    for d, what in ([] if classes is not None else [(train_dir, "train/<wnid>/*.JPEG")]) + needed:
         if not d.is_dir():
             raise BadInput(f"{d}: missing; an ILSVRC-layout ROOT needs {what}")
 
-    class_names = class_names_of(train_dir, "train/<wnid>/*.JPEG")
+    if classes is not None:
+        class_names, records = list(classes), []
+    else:
+        class_names = class_names_of(train_dir, "train/<wnid>/*.JPEG")
     label_of = {wnid: i for i, wnid in enumerate(class_names)}
-    records = folder_records(root, train_dir, label_of, is_train=True, find=images_in)
+    if classes is None:
+        records = folder_records(root, train_dir, label_of, is_train=True, find=images_in)
 
     val_images = [(p, None) for p in images_in(val_dir)]
     for d in subfolders(val_dir):  # "sorted val": the folder names the class
@@ -136,7 +143,9 @@ def read_ilsvrc(root: str | Path, val_fraction: float = 0.1, seed: int = 0) -> W
         if wnid not in label_of:
             raise BadInput(
                 f"{xml}: class {wnid!r} is not among the {len(class_names)} train/ class folders; "
-                f"add train/{wnid}/ or remove this val image"
+                f"add train/{wnid}/ or remove this val image" if classes is None else
+                f"{xml}: class {wnid!r} is not one of the model's {len(class_names)} classes (ImageNet's WordNet "
+                "IDs); remove this val image"
             )
         if folder_wnid is not None and folder_wnid != wnid:
             raise BadInput(

@@ -14,6 +14,7 @@ from bcct.errors import BadInput
 
 # Every reader takes (root, val_fraction=, seed=); those in NEEDS_METADATA also metadata_dir=.
 READERS = {"cub": read_cub, "ilsvrc": read_ilsvrc, "wsol": read_wsol_metadata, "folders": read_class_folders}
+KNOWS_CLASSES = {"ilsvrc", "wsol"}  # readers that take classes= (a model's class list)
 NEEDS_METADATA = {"wsol"}  # data.metadata: wsolevaluation's metadata/<DATASET>; empty: ROOT/metadata
 
 
@@ -27,7 +28,7 @@ def detect_layout(root: str | Path, metadata: str = "") -> str:
         return "cub"
     if metadata or (root / "metadata").is_dir():
         return "wsol"
-    if (root / "train").is_dir() and (root / "val_boxes").is_dir():
+    if (root / "val_boxes").is_dir() and ((root / "train").is_dir() or (root / "val").is_dir()):
         return "ilsvrc"
     if is_class_folders(root):
         return "folders"
@@ -36,9 +37,18 @@ def detect_layout(root: str | Path, metadata: str = "") -> str:
                    f"data.layout to one of {', '.join(sorted(READERS))}")
 
 
-def read_dataset(cfg: DataConfig, seed: int = 0) -> WSOLSet:
+def read_dataset(cfg: DataConfig, seed: int = 0, classes: list[str] | None = None) -> WSOLSet:
+    """The data set under ``cfg.root``. ``classes``: a model's own class list (ImageNet's
+    WordNet IDs in the standard order, for ``--checkpoint imagenet``): labels follow it, so only
+    the layouts that name ImageNet classes qualify (ILSVRC folders by WordNet ID, wsolevaluation
+    metadata by standard index), and train/ is not needed."""
     layout = detect_layout(cfg.root, cfg.metadata) if cfg.layout == "auto" else cfg.layout
     if layout not in READERS:
         raise BadInput(f"data.layout={cfg.layout!r} unknown; choose auto or one of {', '.join(sorted(READERS))}")
     extra = {"metadata_dir": cfg.metadata} if layout in NEEDS_METADATA else {}
+    if classes is not None:
+        if layout not in KNOWS_CLASSES:
+            raise BadInput(f"{cfg.root}: a {layout} layout has classes of its own; the ImageNet classifier is scored "
+                           "on ImageNet images: an ILSVRC folder (val/ + val_boxes/) or wsolevaluation metadata")
+        extra["classes"] = classes
     return READERS[layout](cfg.root, val_fraction=cfg.val_fraction, seed=seed, **extra)

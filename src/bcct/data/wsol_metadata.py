@@ -135,10 +135,12 @@ def _class_names(n: int, records: list[Record]) -> list[str]:
 
 
 def read_wsol_metadata(root: str | Path, metadata_dir: str | Path = "", val_fraction: float = 0.1,
-                       seed: int = 0) -> WSOLSet:
+                       seed: int = 0, classes: list[str] | None = None) -> WSOLSet:
     """Parse wsolevaluation metadata (see the module docstring); images are ``root/<path>``.
 
-    ``metadata_dir`` empty means ``ROOT/metadata``. Errors name file and line.
+    ``metadata_dir`` empty means ``ROOT/metadata``. Errors name file and line. ``classes``: a
+    model's class names, whose indices the labels are (ImageNet's standard order for an
+    ImageNet classifier; the data may lack some classes).
     """
     root = Path(root)
     if not root.is_dir():
@@ -178,4 +180,10 @@ def read_wsol_metadata(root: str | Path, metadata_dir: str | Path = "", val_frac
     if "val" not in present and "test" in present:
         hold_out([r for r in records if r.split == "test"], val_fraction, seed)
     n_classes = max((r.label for r in records), default=-1) + 1
+    if classes is not None:
+        if n_classes > len(classes):
+            bad = next(r for r in records if r.label >= len(classes))
+            raise BadInput(f"{meta}: {bad.image_id} has label {bad.label}, beyond the model's {len(classes)} classes; "
+                           "labels are 0-based indices in the model's class order")
+        return WSOLSet(root=root, class_names=list(classes), records=records)
     return WSOLSet(root=root, class_names=_class_names(n_classes, records), records=records)

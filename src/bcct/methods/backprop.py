@@ -38,6 +38,8 @@ def saliency(model: torch.nn.Module, images: torch.Tensor, classes: torch.Tensor
 class Backprop(CAM):
     """The CAM classifier and loss; only the readout differs."""
 
+    gradient_readouts = ("saliency",)
+
     def forward(self, images: torch.Tensor) -> dict:
         out = self.model(images)
         out["images"] = images  # score_maps differentiates the scores with respect to these

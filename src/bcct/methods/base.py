@@ -43,6 +43,8 @@ class Method(nn.Module):
     # True: mask_boxes() gives the boxes of the method's own supervision masks (BC*; the CAM
     # threshold of data without boxes is chosen against them)
     has_masks = False
+    # readouts computed with autograd (d score / d image): ONNX export leaves them out (bcct.export)
+    gradient_readouts: tuple[str, ...] = ()
     # the method's hyperparameter dataclass, read from ``extra.<name>`` into ``self.params``
     params_type: type | None = None
 

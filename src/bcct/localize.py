@@ -155,7 +155,8 @@ def draw_overlay(image: np.ndarray, pred, path: str | Path) -> None:
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red", linewidth=2))
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
-    ax.set_title(f"{pred.class_name} ({pred.score:.0%})", fontsize=9)
+    ax.set_title(f"{pred.class_name} ({pred.score:.0%})" if pred.class_name is not None else "object (no classifier)",
+                 fontsize=9)
     ax.axis("off")
     fig.tight_layout()
     path = Path(path)

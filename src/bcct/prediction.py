@@ -32,9 +32,9 @@ class Prediction:
     predicted class at the original size (float32 ``[H, W]`` in [0, 1]); ``size`` is (W, H).
     """
 
-    class_index: int
-    class_name: str
-    score: float
+    class_index: int | None  # None (and class_name, score): a map without a classifier
+    class_name: str | None
+    score: float | None
     top5: list[tuple[int, str, float]]
     boxes: np.ndarray
     threshold: float
@@ -151,20 +151,22 @@ def best_on_val(val: dict, thresholds: dict[str, float]) -> str | None:
 def read_predictions(probs: np.ndarray, raw_maps: np.ndarray, sizes: list[tuple[int, int]], class_names: list[str],
                      tau: float, readout: str, topk: int = 5, multi_box: bool = False) -> list[Prediction]:
     """One :class:`Prediction` per image from its class probabilities ``[C]`` and the raw map
-    of its predicted class ``[h, w]`` (what the evaluator hands to ``prepare_scoremap``)."""
-    probs = np.asarray(probs, dtype=np.float64)
-    k = max(1, min(int(topk), probs.shape[1]))
-    top_i = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    of its predicted class ``[h, w]`` (what the evaluator hands to ``prepare_scoremap``).
+    ``probs`` None: a map without a classifier; the class fields are None, top5 empty."""
+    if probs is not None:
+        probs = np.asarray(probs, dtype=np.float64)
+        k = max(1, min(int(topk), probs.shape[1]))
+        top_i = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     preds = []
     for j, (width, height) in enumerate(sizes):
         map224 = prepare_scoremap(raw_maps[j], RESIZE)
         box224 = box_at_threshold(map224, tau, multi_contour=multi_box)
-        ci = int(top_i[j, 0])
+        ci = int(top_i[j, 0]) if probs is not None else None
         preds.append(Prediction(
             class_index=ci,
-            class_name=class_names[ci],
-            score=float(probs[j, ci]),
-            top5=[(int(i), class_names[i], float(probs[j, i])) for i in top_i[j]],
+            class_name=class_names[ci] if ci is not None else None,
+            score=float(probs[j, ci]) if ci is not None else None,
+            top5=[(int(i), class_names[i], float(probs[j, i])) for i in top_i[j]] if ci is not None else [],
             boxes=unscale_boxes(box224, (width, height)),
             threshold=float(tau),
             readout=readout,

@@ -18,10 +18,9 @@ clovaai/wsolevaluation ``wsol/method/adl.py``):
   second-to-last downsampling layer), ``before_down:-1`` (just before the last one), ``end``
   (after the last layer). ADL's VGG-GAP puts its layers after pool3, conv4_3 and conv5_3
   (``gating_position`` 3, 43, 53 in ``backbone/vgg.py``; wsolevaluation
-  ``configs_dict['adl']['14x14']``): in the two stages before the features, at the start
-  of the stride-8 stage, at its end, and at the end of the stride-16 features, where the
-  self-attention (the channel mean) already marks the object; none in the low layers.
-  The rule names those places by stride, so it carries over to every backbone:
+  ``configs_dict['adl']['14x14']``): only in the last two stages, at the start of the
+  stride-8 stage, at its end, and at the end of the stride-16 features, each after a whole
+  layer. The rule names those places by stride, so it carries over to every backbone:
 
   ==================  ===========================  =======================  ==================
   backbone            after_down:-2                before_down:-1           end
@@ -34,10 +33,11 @@ clovaai/wsolevaluation ``wsol/method/adl.py``):
   (stride, channels). EfficientNet-Lite0's layers are its blocks (a stage downsamples in
   its first block): blocks.2.0 is the first block at stride 8 (after VGG's pool3),
   blocks.2.1 the last block before blocks.3.0 downsamples to 16 (VGG's conv4_3), bn2 the
-  1280-channel head conv that the CAM head reads (VGG's conv5_3). ADL's ResNet code also
-  gates after whole residual blocks, never inside one. With ``cub_cpu``
-  (``train_from: blocks.4``) the first two sit in the frozen part: they change what the
-  trained layers see, not the frozen weights.
+  1280-channel head conv that the CAM head reads (VGG's conv5_3). ADL's ResNet50-SE
+  configuration (``run_train.sh`` ``--gating_position 31 41 5``) gates after whole
+  residual blocks too, but all at the final stride: ``after_down:-1,end`` is the nearest
+  variant here. With ``cub_cpu`` (``train_from: blocks.4``) the first two sit in the
+  frozen part: they change what the trained layers see, not the frozen weights.
   A comma-separated list; ``after_down:i`` / ``before_down:i`` index the downsampling
   layers found by running the backbone once on a 96 px zero image.
 """

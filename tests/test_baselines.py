@@ -271,3 +271,85 @@ def test_inception_resnet_backbones_and_adl_on_vgg16():
     vgg = build_backbone("vgg16", "none")
     # torchvision vgg16.features[:-1]: pool3 = 16, conv4_3's ReLU = 22, conv5_3's ReLU = 29 (ADL: 3, 43, 53)
     assert adl_positions("after_down:-2,before_down:-1,end", probe_shapes(vgg)) == [16, 22, 29]
+
+
+# -- every baseline on EfficientNet-Lite0 (cub_cpu's backbone), placed by stride -----------------
+
+LITE_METHODS = ("backprop", "has", "acol", "spg_plain", "spg", "adl")
+
+
+def _lite_method(name: str):
+    """``name`` built as ``--config cub_cpu`` builds it (frozen up to blocks.4, BN head), without
+    the ImageNet weights and with a 16-wide head: the placement depends on the architecture only."""
+    from bcct.config import load_config
+
+    torch.manual_seed(0)
+    extra = ["extra.spg.plain=true"] if name == "spg_plain" else []
+    cfg = load_config("cub_cpu", ["model.pretrained=none", "model.head_width=16", *extra],
+                      method="spg" if name == "spg_plain" else name)
+    return build_method(cfg, N_CLASSES)
+
+
+@pytest.fixture(scope="module")
+def lite_batch():
+    """4 normalised 64 px images: 4x4 maps at stride 16, 8x8 at stride 8."""
+    g = torch.Generator().manual_seed(0)
+    return {"image": torch.randn(4, 3, 64, 64, generator=g), "label": torch.tensor([0, 1, 2, 0])}
+
+
+@pytest.mark.parametrize("name", LITE_METHODS)
+def test_every_baseline_trains_and_reads_out_on_efficientnet_lite0(name, lite_batch):
+    method = _lite_method(name).train()
+    loss, logs = method.training_step(lite_batch)
+    assert torch.isfinite(loss) and logs["loss"] == pytest.approx(loss.item())
+    loss.backward()
+    trained = [p for g in method.param_groups() for p in g["params"]]
+    assert trained and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+    method.eval()
+    with torch.no_grad():
+        out = method(lite_batch["image"])
+        maps = method.score_maps(out, lite_batch["label"])
+    assert out["cams"].shape == (4, N_CLASSES, 4, 4)
+    primary = maps[next(iter(maps))]
+    assert primary.shape == ((4, 64, 64) if name == "backprop" else (4, 4, 4)) and torch.isfinite(primary).all()
+
+
+def test_adl_on_efficientnet_lite0_sits_where_vgg16_has_it_by_stride():
+    """After blocks.2.0 (the first block at stride 8: VGG's pool3), after blocks.2.1 (the end of
+    the stride-8 stage, before blocks.3.0 downsamples: conv4_3) and after bn2 (the 1280-channel
+    features: conv5_3); parameter-free, so the network and its state-dict keys are CAM's."""
+    from bcct.backbones import backbone_layers
+    from bcct.methods.common import probe_shapes
+
+    method = _lite_method("adl")
+    backbone = method.model.backbone
+    assert [n for n, m in backbone.named_modules() if isinstance(m, ADL)] == ["blocks.2.adl_0", "blocks.2.adl_1", "adl_bn2"]
+    layers = backbone_layers(backbone)
+    shapes = probe_shapes(backbone)  # (channels, h, w) after each layer for a 96 px input
+    before = {layers[i + 1][0]: (layers[i][0], shapes[i + 1][0], 96 // shapes[i + 1][-1])
+              for i in range(len(layers) - 1) if isinstance(layers[i + 1][1], ADL)}
+    # each ADL layer: (the layer it follows, channels, stride there)
+    assert before == {"blocks.2.adl_0": ("blocks.2.0", 40, 8), "blocks.2.adl_1": ("blocks.2.1", 40, 8),
+                      "adl_bn2": ("bn2", 1280, 16)}
+    assert layers[-1][0] == "adl_bn2"  # the last layer: the CAM head reads its output
+    assert all(m.drop_threshold == 0.8 and m.drop_rate == 0.75 for _, m in layers if isinstance(m, ADL))
+
+    cam = _lite_method("cam").eval()
+    assert list(method.state_dict()) == list(cam.state_dict())
+    method.load_state_dict(cam.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():  # ADL is the identity at test time
+        torch.testing.assert_close(method.eval()(x)["logits"], cam(x)["logits"])
+
+
+def test_spg_on_efficientnet_lite0_reads_the_end_of_the_stride_8_stage_and_the_features(lite_batch):
+    """Shallow tap: blocks.2.1 (40 channels, stride 8; SPG's Mixed_5d, the block before the
+    last downsampling), deep tap: the 1280-channel backbone output at stride 16."""
+    from bcct.backbones import backbone_layers
+
+    method = _lite_method("spg").train()
+    assert backbone_layers(method.model.backbone)[method.tap][0] == "blocks.2.1"
+    assert method.side_shallow[0].in_channels == 40 and method.side_deep[0].in_channels == 1280
+    out = method(lite_batch["image"])
+    assert out["side_shallow"].shape == (4, 8, 8) and out["side_deep"].shape == (4, 4, 4)  # 64 px / 8, / 16
+    torch.testing.assert_close(out["features"], method.model.backbone(lite_batch["image"]))

@@ -94,3 +94,34 @@ def test_train_from_freezes_the_leading_layers_and_their_batchnorm():
     assert not any(id(p) in trained for n, p in model.backbone.named_parameters() if n in frozen)
     with pytest.raises(BadInput, match="train_from='nope' names no backbone parameter"):
         CTModel(ModelConfig(backbone="small_vgg", pretrained="none", head_width=8, train_from="nope"), 3)
+
+
+class _Half(torch.nn.Module):
+    def forward(self, x):
+        return x / 2
+
+
+def test_layers_are_the_blocks_in_forward_order_and_insertion_keeps_the_keys():
+    """A method places by ``backbone_layers``: Lite0's are its 16 blocks between the stem and
+    the head conv, running them in order is the forward, and a layer put in after one of them
+    runs there without renaming any weight."""
+    from bcct.backbones import backbone_layers, insert_after
+
+    net = build_backbone("efficientnet_lite0", "none").eval()
+    names = [n for n, _ in backbone_layers(net)]
+    blocks = [f"blocks.{s}.{b}" for s, depth in enumerate([1, 2, 2, 3, 3, 4, 1]) for b in range(depth)]
+    assert names == ["transform_input", "conv_stem", "bn1", *blocks, "conv_head", "bn2"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        y = halved = x
+        for name, layer in backbone_layers(net):
+            y, halved = layer(y), layer(halved)
+            if name == "blocks.2.0":
+                halved = halved / 2
+        torch.testing.assert_close(y, net(x))
+
+        keys = list(net.state_dict())
+        insert_after(net, "blocks.2.0", "halve", _Half())
+        assert [n for n, _ in backbone_layers(net)][6:9] == ["blocks.2.0", "blocks.2.halve", "blocks.2.1"]
+        assert list(net.state_dict()) == keys
+        torch.testing.assert_close(net(x), halved)

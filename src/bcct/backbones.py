@@ -1,10 +1,18 @@
 """Convolutional backbones by name (a registry, as in timm), each with its pretrained weights.
 
-A backbone is a module of conv layers with two attributes: ``out_channels`` and
+A backbone is an ``nn.Sequential`` of conv layers with two attributes: ``out_channels`` and
 ``stride``; one whose weights expect another input scaling than ImageNet's mean/std starts
 with an :class:`InputNormalization` layer. The VGGs drop pool5 so that the CAM is 14x14 at
 224 px, as in ACoL and wsolevaluation; EfficientNet-Lite runs at output stride 16 for the
 same 14x14.
+
+Its layers, :func:`backbone_layers`, are the units a method places things between (ADL's
+dropout layers, SPG's side branches): the children of the ``nn.Sequential`` (a VGG's convs,
+ReLUs and pools; Inception's Mixed blocks; ResNet's stages), or what the backbone's own
+``named_layers()`` gives where its children are too coarse (EfficientNet's ``blocks`` holds
+all seven stages: its layers are the single blocks). Running them in order is the backbone's
+forward, so a method finds where the backbone downsamples by running them once
+(``methods.common.probe_shapes``) and places by stride, whatever the architecture.
 """
 
 from __future__ import annotations
@@ -74,6 +82,28 @@ def load_state_file(net: nn.Module, path: str, name: str = "the backbone") -> No
         raise BadInput(f"{p}: {len(wrong)} tensors have the wrong shape for {name} ({'; '.join(wrong[:2])}); "
                        "is it a weights file for this backbone?")
     net.load_state_dict(state, strict=False)
+
+
+def backbone_layers(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The backbone's layers in forward order as (qualified name, module): composing them is
+    the backbone's forward. ``backbone.named_layers()`` where it has one, else its children."""
+    own = getattr(backbone, "named_layers", None)
+    return list(own()) if own is not None else list(backbone.named_children())
+
+
+def insert_after(backbone: nn.Module, layer: str, name: str, module: nn.Module) -> None:
+    """Put ``module`` (a child called ``name``) right after the layer named ``layer`` (a name
+    from :func:`backbone_layers`), inside the ``nn.Sequential`` that holds that layer: the
+    backbone's forward runs it there, and every other state-dict key stays what it was."""
+    parent_name, _, child = layer.rpartition(".")
+    parent = backbone.get_submodule(parent_name) if parent_name else backbone
+    if not isinstance(parent, nn.Sequential) or child not in parent._modules:
+        raise TypeError(f"{layer!r} is not a layer of an nn.Sequential in this backbone; cannot insert {name!r} after it")
+    names = list(parent._modules)
+    moved = [(k, parent._modules.pop(k)) for k in names[names.index(child) + 1:]]
+    parent.add_module(name, module)
+    for k, m in moved:
+        parent.add_module(k, m)
 
 
 # What torchvision raises when it can neither download weights (URLError is an OSError) nor
@@ -302,11 +332,32 @@ def lite_classifier(name: str = "efficientnet_lite0", pretrained: str = "imagene
     return model
 
 
-class LiteFeatures(nn.Module):
+class LiteFeatures(nn.Sequential):
     """EfficientNet-Lite as a WSOL backbone: the input scaling its weights expect, then the
     stem, the blocks and the 1x1 head conv (1280 channels; the layer its ImageNet classifier
     reads), with timm's ``output_stride=16`` (last stages dilated) so that the feature map is
-    14x14 at 224 px, as VGG-16 without pool5. The ImageNet classifier is dropped."""
+    14x14 at 224 px, as VGG-16 without pool5. The ImageNet classifier is dropped.
+
+    Its layers (:meth:`named_layers`) are the single blocks, not the seven stages: each stage
+    downsamples in its first block and then works at the new stride, like a VGG stage's pool
+    followed by its convs, so "after a downsampling" and "at the end of a stage" are two
+    different places only at block granularity. Lite0 (Lite1 and Lite2 have more blocks and
+    channels at the same strides):
+
+    ======================  ======  ========  ==========================================
+    layer                   stride  channels  note
+    ======================  ======  ========  ==========================================
+    conv_stem, bn1          2       32        downsamples
+    blocks.0.0              2       16
+    blocks.1.0, 1.1         4       24        1.0 downsamples
+    blocks.2.0, 2.1         8       40        2.0 downsamples (VGG's pool3)
+    blocks.3.0 .. 3.2       16      80        3.0 downsamples (VGG's pool4, the last one)
+    blocks.4.0 .. 4.2       16      112
+    blocks.5.0 .. 5.3       16      192       dilated (would be stride 32)
+    blocks.6.0              16      320
+    conv_head, bn2          16      1280      the features
+    ======================  ======  ========  ==========================================
+    """
 
     def __init__(self, name: str, pretrained: str):
         super().__init__()
@@ -317,9 +368,16 @@ class LiteFeatures(nn.Module):
         self.out_channels = model.num_features
         self.stride = 16
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.bn1(self.conv_stem(self.transform_input(x)))
-        return self.bn2(self.conv_head(self.blocks(x)))
+    def named_layers(self) -> list[tuple[str, nn.Module]]:
+        """Forward order, ``blocks`` opened to its single blocks (``blocks.<stage>.<block>``)."""
+        layers = []
+        for name, child in self.named_children():
+            if name != "blocks":
+                layers.append((name, child))
+                continue
+            for s, stage in child.named_children():
+                layers.extend((f"blocks.{s}.{b}", block) for b, block in stage.named_children())
+        return layers
 
 
 def _lite(name: str):

@@ -13,19 +13,37 @@ clovaai/wsolevaluation ``wsol/method/adl.py``):
   wsolevaluation ``adl_drop_rate`` 0.75.
 - ``drop_threshold`` (gamma) = 0.8: ADL paper, VGG-GAP on CUB (ResNet50-SE uses 0.9 in
   ``run_train.sh``; wsolevaluation's default is 0.9).
-- ``positions``: where the layers go, by position in the backbone's ``nn.Sequential``:
-  ``after_down:-2`` (after the second-to-last downsampling layer), ``before_down:-1`` (just
-  before the last one), ``end`` (after the last layer). On ``vgg16`` (pool5 dropped) these
-  are pool3, conv4_3 and conv5_3: ADL's VGG configuration (``gating_position`` 3, 43, 53;
-  wsolevaluation ``configs_dict['adl']['14x14']``). On ``small_vgg`` they are the 2nd
-  max-pool, the end of the 128-channel block before the 3rd max-pool, and the end.
+- ``positions``: where the layers go, by the backbone's layers
+  (``backbones.backbone_layers``) and where they downsample: ``after_down:-2`` (after the
+  second-to-last downsampling layer), ``before_down:-1`` (just before the last one), ``end``
+  (after the last layer). ADL's VGG-GAP puts its layers after pool3, conv4_3 and conv5_3
+  (``gating_position`` 3, 43, 53 in ``backbone/vgg.py``; wsolevaluation
+  ``configs_dict['adl']['14x14']``): only in the last two stages, at the start of the
+  stride-8 stage, at its end, and at the end of the stride-16 features, each after a whole
+  layer. The rule names those places by stride, so it carries over to every backbone:
+
+  ==================  ===========================  =======================  ==================
+  backbone            after_down:-2                before_down:-1           end
+  ==================  ===========================  =======================  ==================
+  vgg16 (no pool5)    pool3 (s8, 256)              conv4_3 (s8, 512)        conv5_3 (s16, 512)
+  efficientnet_lite0  blocks.2.0 (s8, 40)          blocks.2.1 (s8, 40)      bn2 (s16, 1280)
+  small_vgg           2nd max-pool (s4, 64)        128-ch block (s4, 128)   end (s8, 256)
+  ==================  ===========================  =======================  ==================
+
+  (stride, channels). EfficientNet-Lite0's layers are its blocks (a stage downsamples in
+  its first block): blocks.2.0 is the first block at stride 8 (after VGG's pool3),
+  blocks.2.1 the last block before blocks.3.0 downsamples to 16 (VGG's conv4_3), bn2 the
+  1280-channel head conv that the CAM head reads (VGG's conv5_3). ADL's ResNet50-SE
+  configuration (``run_train.sh`` ``--gating_position 31 41 5``) gates after whole
+  residual blocks too, but all at the final stride: ``after_down:-1,end`` is the nearest
+  variant here. With ``cub_cpu`` (``train_from: blocks.4``) the first two sit in the
+  frozen part: they change what the trained layers see, not the frozen weights.
   A comma-separated list; ``after_down:i`` / ``before_down:i`` index the downsampling
   layers found by running the backbone once on a 96 px zero image.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +51,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from bcct import class_maps
+from bcct.backbones import backbone_layers, insert_after
 from bcct.config import Config
 from bcct.ct_model import CTModel
 from bcct.errors import BadInput
@@ -86,7 +105,8 @@ class ADL(nn.Module):
 
 
 def adl_positions(spec: str, shapes: list[tuple[int, int, int]]) -> list[int]:
-    """Indices of the backbone modules after which an ADL layer goes (sorted, unique)."""
+    """Indices of the backbone layers (``backbone_layers``) after which an ADL layer goes
+    (sorted, unique)."""
     n = len(shapes) - 1
     down = downsampling_indices(shapes)
     out = set()
@@ -110,17 +130,12 @@ def adl_positions(spec: str, shapes: list[tuple[int, int, int]]) -> list[int]:
     return sorted(out)
 
 
-def insert_adl(backbone: nn.Sequential, positions: list[int], drop_rate: float, drop_threshold: float) -> nn.Sequential:
-    """A new ``nn.Sequential`` with an ADL layer after each module index in ``positions``;
-    keeps ``out_channels`` and ``stride``."""
-    layers: list[tuple[str, nn.Module]] = []
-    for i, (name, module) in enumerate(backbone.named_children()):
-        layers.append((name, module))
-        if i in positions:
-            layers.append((f"adl_{name}", ADL(drop_rate, drop_threshold)))
-    net = nn.Sequential(OrderedDict(layers))
-    net.out_channels, net.stride = backbone.out_channels, backbone.stride
-    return net
+def insert_adl(backbone: nn.Module, positions: list[int], drop_rate: float, drop_threshold: float) -> None:
+    """Put an ADL layer (``adl_<name>``) right after each backbone layer whose index (in
+    ``backbone_layers``) is in ``positions``, in place; other state-dict keys are unchanged."""
+    names = [name for i, (name, _) in enumerate(backbone_layers(backbone)) if i in positions]
+    for name in names:
+        insert_after(backbone, name, f"adl_{name.rpartition('.')[2]}", ADL(drop_rate, drop_threshold))
 
 
 @register("adl")
@@ -132,7 +147,7 @@ class ADLMethod(Method):
         p = self.params
         self.model = CTModel(cfg.model, num_classes)
         positions = adl_positions(p.positions, probe_shapes(self.model.backbone))
-        self.model.backbone = insert_adl(self.model.backbone, positions, p.drop_rate, p.drop_threshold)
+        insert_adl(self.model.backbone, positions, p.drop_rate, p.drop_threshold)
 
     def forward(self, images: torch.Tensor) -> dict:
         return self.model(images)

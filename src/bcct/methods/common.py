@@ -9,6 +9,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from bcct.backbones import backbone_layers
 from bcct.config import Config
 from bcct.errors import BadInput
 
@@ -34,26 +35,27 @@ def check_range(name: str, value: float, lo: float, hi: float) -> None:
 
 
 @torch.no_grad()
-def probe_shapes(seq: nn.Sequential, size: int = 96) -> list[tuple[int, int, int]]:
-    """(channels, h, w) after every module of a backbone ``nn.Sequential`` for one zero
-    image of ``size`` px, the input first. 96 px is the smallest multiple of 32 that every
-    registered backbone (inception_v3 too) accepts."""
-    was_training = seq.training
-    seq.eval()
-    device = next(seq.parameters()).device
+def probe_shapes(backbone: nn.Module, size: int = 96) -> list[tuple[int, int, int]]:
+    """(channels, h, w) after every layer of a backbone (``backbones.backbone_layers``: a
+    VGG's modules, EfficientNet's blocks) for one zero image of ``size`` px, the input first.
+    96 px is the smallest multiple of 32 that every registered backbone (inception_v3 too)
+    accepts."""
+    was_training = backbone.training
+    backbone.eval()
+    device = next(backbone.parameters()).device
     x = torch.zeros(1, 3, size, size, device=device)
     shapes = [tuple(x.shape[1:])]
-    for module in seq:
-        x = module(x)
+    for _, layer in backbone_layers(backbone):
+        x = layer(x)
         shapes.append(tuple(x.shape[1:]))
-    seq.train(was_training)
+    backbone.train(was_training)
     return shapes
 
 
 def downsampling_indices(shapes: list[tuple[int, int, int]]) -> list[int]:
-    """Indices of the modules that downsample (output side <= 3/4 of the input side): the
-    max-pools of a VGG, the strided stem/blocks of Inception and ResNet. Valid convolutions
-    that only trim a border do not count."""
+    """Indices of the layers that downsample (output side <= 3/4 of the input side): the
+    max-pools of a VGG, the strided stem/blocks of Inception and ResNet, the first block of
+    an EfficientNet stage. Valid convolutions that only trim a border do not count."""
     return [i for i in range(len(shapes) - 1) if shapes[i + 1][-1] <= 0.75 * shapes[i][-1]]
 
 

@@ -20,6 +20,30 @@ A self-produced mask from a map m in [0,1] is foreground (1) where m >= delta_h,
 SPG-plain (``extra.spg.plain=true``): the classification network alone with cross-entropy,
 no SPG-B/C (Zhang et al.'s plain network without self-produced guidance).
 
+Where the side branches read. SPG-B learns its masks from two depths of the network (the
+paper's F_A1 and F_A2): in SPG's Inception-v3 code, ``side3`` reads Mixed_5d, the last
+block at stride 8, just before Mixed_6a (Inception-v3's last downsampling block, whose
+stride SPG sets to 1), and ``side4`` the deep Mixed_6 features. By stride that is: the
+shallow tap is the output of the backbone layer (``backbones.backbone_layers``) just before
+its last downsampling layer, i.e. the end of the stride-8 stage when the features are at
+stride 16, and the deep tap is the backbone output. (stride, channels):
+
+==================  =================================  ====================
+backbone            shallow tap                        deep tap
+==================  =================================  ====================
+inception_v3        Mixed_5d (s8, 288)                 Mixed_6e (s16, 768)
+vgg16 (no pool5)    conv4_3 (s8, 512)                  conv5_3 (s16, 512)
+efficientnet_lite0  blocks.2.1 (s8, 40; 28x28 at 224)  bn2 (s16, 1280)
+small_vgg           128-ch block (s4, 128)             end (s8, 256)
+==================  =================================  ====================
+
+EfficientNet-Lite0's blocks.2.1 ends its stride-8 stage; blocks.3.0 downsamples to 16.
+Its 40 channels are few beside Mixed_5d's 288, but the side branch widens them to
+``side_width`` at once, and the stride, which sets the detail a mask can have, is
+SPG's. With ``cub_cpu`` (``train_from: blocks.4``) the shallow tap reads frozen features:
+its loss trains the side branch, not the backbone below it; the deep tap's loss reaches
+blocks.4 onward.
+
 Sources (xiaomengyc/SPG ``models/google/inception3_spg.py`` ``get_loss`` / ``get_mask`` /
 ``mark_obj`` / ``mark_bg``, cross-checked with clovaai/wsolevaluation ``wsol/method/spg.py``):
 - thresholds (delta_h, delta_l): ``att`` (0.7, 0.05) = ``get_mask`` defaults; ``side``
@@ -42,6 +66,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from bcct import class_maps
+from bcct.backbones import backbone_layers
 from bcct.config import Config
 from bcct.ct_model import CTModel
 from bcct.errors import BadInput
@@ -118,7 +143,7 @@ class SPG(Method):
         down = downsampling_indices(shapes)
         if not down:
             raise BadInput(f"spg: backbone {cfg.model.backbone!r} never downsamples; SPG needs an intermediate stage")
-        self.tap = down[-1] - 1  # module index whose output is the shallow tap (-1: the input image)
+        self.tap = down[-1] - 1  # backbone layer whose output is the shallow tap (-1: the input image)
         c_shallow = shapes[down[-1]][0]
         c_deep = self.model.backbone.out_channels
         w = p.side_width or max(1, cfg.model.head_width // 2)
@@ -132,8 +157,8 @@ class SPG(Method):
         if self.tap is None:
             return self.model(images)
         x, shallow = images, images if self.tap < 0 else None
-        for i, module in enumerate(self.model.backbone):
-            x = module(x)
+        for i, (_, layer) in enumerate(backbone_layers(self.model.backbone)):
+            x = layer(x)
             if i == self.tap:
                 shallow = x
         feats = x

@@ -429,3 +429,55 @@ def test_find_unused_parameters_exactly_where_a_step_leaves_some(name, extra):
     cfg = load_config("synth", ["image_size=32", "model.head_width=16", "model.pretrained=none", *extra], method=name)
     method = build_method(cfg, 3)
     assert bool(_unused_after_steps(method)) == method.find_unused_parameters, _unused_after_steps(method)
+
+
+# ------------------------------------------------------------------- SyncBatchNorm, frozen layers
+
+
+def test_syncbatchnorm_conversion_keeps_frozen_layers_in_eval_mode(monkeypatch):
+    """Several CUDA processes convert BatchNorm to SyncBatchNorm; the CT backbone's layers
+    below ``model.train_from`` must still run in eval mode (pretrained statistics, never
+    updated), as in one process. The conversion and ``.train()`` run on the CPU; only
+    SyncBatchNorm's forward needs CUDA."""
+    from bcct.config import load_config
+    from bcct.methods import build_method
+
+    cfg = load_config("synth", ["image_size=32", "model.head_width=16", "model.pretrained=none",
+                                "model.train_from=8"], method="bcct")  # small_vgg: layers 0-7 frozen
+    one = build_method(cfg, 3).train()
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    synced = distributed.sync_batchnorm(build_method(cfg, 3), torch.device("cuda")).train()
+
+    def bn_modes(method):
+        return {n: m.training for n, m in method.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+    assert bn_modes(synced) == bn_modes(one)
+    assert not bn_modes(one)["model.backbone.1"] and not bn_modes(one)["model.backbone.5"]  # frozen
+    assert bn_modes(one)["model.backbone.9"] and bn_modes(one)["model.head.body.1"]  # trained
+
+
+# ------------------------------------------------------------------- RANK without torchrun
+
+
+def test_a_rank_left_in_the_environment_without_torchrun_is_ignored(reference_run, make_tiny_cfg, tmp_path,
+                                                                     monkeypatch, capsys):
+    """Cluster launchers and notebooks export RANK. Without torchrun (no WORLD_SIZE > 1, no
+    process group) bcct is one process whatever RANK says: eval scores the whole split,
+    train trains, and a diverged run's error is printed."""
+    want = evaluate_checkpoint(str(reference_run / "best.pt"), split="test", progress=False)
+    monkeypatch.setenv("RANK", "1")
+    assert evaluate_checkpoint(str(reference_run / "best.pt"), split="test", progress=False) == want
+    train(make_tiny_cfg("epochs=1"), tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "best.pt").is_file()
+
+    import bcct.train
+    from bcct.cli import main
+
+    def diverge(*args, **kwargs):
+        raise FloatingPointError("loss is nan at epoch 0, step 2; lower the learning rate")
+
+    monkeypatch.setattr(bcct.train, "train", diverge)
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run2")]) == 1
+    assert capsys.readouterr().err.strip() == "error: loss is nan at epoch 0, step 2; lower the learning rate"
+    assert distributed.rank() == 0 and distributed.is_main()

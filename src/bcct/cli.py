@@ -159,7 +159,7 @@ def cmd_train(args) -> int:
     if args.backgrounds:
         cfg.data.backgrounds = args.backgrounds
     result = train(cfg, out, progress=not args.quiet, resume=resume)
-    if distributed.is_main():
+    if distributed.launcher_rank() == 0:  # the process group is left: torchrun's RANK says who prints
         print(f"done: {out}/best.pt (val thresholds {result['thresholds']})")
     return 0
 
@@ -293,9 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except FloatingPointError as exc:  # a diverged run: every process stops; one prints
-        import os
+        from bcct import distributed
 
-        if int(os.environ.get("RANK", 0)) == 0:
+        if distributed.launcher_rank() == 0:
             print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -57,8 +57,15 @@ from bcct.errors import BadInput
 
 
 def rank() -> int:
-    """This process's rank (0 when not distributed)."""
-    return dist.get_rank() if _joined() else int(os.environ.get("RANK", 0))
+    """This process's rank in the process group; 0 without one, whatever ``RANK`` the
+    environment holds (cluster launchers and notebooks export it outside torchrun)."""
+    return dist.get_rank() if _joined() else 0
+
+
+def launcher_rank() -> int:
+    """The rank torchrun gave this process (its ``RANK`` when its ``WORLD_SIZE`` > 1), group
+    joined or not: who prints once the group is left. 0 for a lone process."""
+    return int(os.environ.get("RANK", 0)) if int(os.environ.get("WORLD_SIZE", 1)) > 1 else 0
 
 
 def world_size() -> int:

@@ -98,6 +98,7 @@ def test_bc_gradient_runs_in_fp32_under_autocast():
 
 def test_bc_features_stay_in_eval_mode():
     bc = _bc()
+    assert not any(m.training for m in bc.features.modules())  # from construction on, before any .train()
     bc.train()
     assert bc.training and bc.classifier.training
     assert not bc.features.training

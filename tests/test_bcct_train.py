@@ -80,6 +80,33 @@ def test_bcct_resumed_mid_epoch_draws_the_same_backgrounds(make_tiny_cfg, uninte
     _same_weights(checkpoint.load(run / "last.pt")["model"], checkpoint.load(uninterrupted_bcct / "last.pt")["model"])
 
 
+TWO_STAGE = ["epochs=2", "optim.batch_size=4", "bcct.warmup_epochs=0", "bcct.mode=two_stage", "bcct.bc_epochs=1"]
+
+
+def test_two_stage_resumed_caches_the_masks_of_the_uninterrupted_run(make_tiny_cfg, tmp_path, monkeypatch):
+    """--resume skips the BC stage (bc_ready is saved), so nothing in it sets the frozen BC
+    backbone to eval mode; the mask cache must still run it with its pretrained BatchNorm
+    statistics (and leave them alone): the resumed run caches the uninterrupted run's masks
+    and ends at its weights."""
+    import bcct.methods.bc_ct as bc_ct
+
+    cached, cache = [], bc_ct.cache_masks
+
+    def spy(method, train_ds, device):
+        masks = cache(method, train_ds, device)
+        cached.append(torch.stack(masks))
+        return masks
+
+    monkeypatch.setattr(bc_ct, "cache_masks", spy)
+    one, run = tmp_path / "one", tmp_path / "resumed"
+    train(make_tiny_cfg(*TWO_STAGE, method="bcct"), one, progress=False)
+    train(make_tiny_cfg(*TWO_STAGE, "epochs=1", method="bcct"), run, progress=False)
+    train(make_tiny_cfg(*TWO_STAGE, method="bcct"), run, progress=False, resume=True)
+    assert len(cached) == 3 and torch.equal(cached[1], cached[0])
+    assert torch.equal(cached[2], cached[0]), f"mask area {cached[2].float().mean():.3f} vs {cached[0].float().mean():.3f}"
+    _same_weights(checkpoint.load(run / "last.pt")["model"], checkpoint.load(one / "last.pt")["model"])
+
+
 # ---------------------------------------------------------------------------------------
 # Checkpoints hold what is trained, not the frozen BC backbone
 # ---------------------------------------------------------------------------------------

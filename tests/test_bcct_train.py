@@ -132,6 +132,45 @@ def test_checkpoints_leave_out_the_frozen_bc_backbone(make_tiny_cfg, uninterrupt
         assert val[key] == pytest.approx(best["val"]["cam"][key]), key
 
 
+def _untrained_bcct_checkpoint(cfg, path) -> None:
+    """A bcct checkpoint as training writes it, of the untrained method (no training time)."""
+    from bcct.train import make_checkpoint
+
+    method = BCCT(cfg, 3)
+    opt = torch.optim.SGD(method.param_groups(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1)
+    checkpoint.save_atomic(make_checkpoint(method, opt, sched, cfg, 0, ["a", "b", "c"], {}, {}), path)
+
+
+def test_bc_figure_runs_where_the_method_is(make_tiny_cfg, tmp_path, monkeypatch):
+    """``bcct demo`` and bench/bench_real.py load the trained method on CUDA when there is one
+    (device=auto); the figure's images and the pretrained backbone must follow it there. The
+    meta device stands in for CUDA: every tensor reaching a model is on it, and the figure
+    stops only where a meta tensor must give up its numbers (drawing the figure)."""
+    import bcct.demo as demo
+
+    ckpt = tmp_path / "best.pt"
+    _untrained_bcct_checkpoint(make_tiny_cfg(*STEPS, method="bcct"), ckpt)
+    demo.bc_figure(ckpt, tmp_path / "cpu.png", n=3)
+    assert (tmp_path / "cpu.png").stat().st_size > 0
+    load, seen = demo.load_method, []
+
+    def on_meta(path, *args, **kwargs):
+        method, cfg, saved = load(path, *args, **kwargs)
+        return method.to("meta"), cfg, saved
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, args: seen.extend(
+        a.device.type for a in args if torch.is_tensor(a)))
+    monkeypatch.setattr(demo, "load_method", on_meta)
+    try:
+        with pytest.raises((NotImplementedError, RuntimeError)) as err:
+            demo.bc_figure(ckpt, tmp_path / "fig.png", n=3)
+    finally:
+        hook.remove()
+    assert "expected device" not in str(err.value) and "meta" in str(err.value), err.value
+    assert seen and set(seen) == {"meta"}
+
+
 def test_checkpoints_with_the_frozen_backbone_still_load(uninterrupted_bcct, tmp_path):
     """A checkpoint written before the frozen pieces were left out holds them (random here,
     to see that they are the ones loaded) and no "frozen" entry."""

@@ -199,3 +199,48 @@ def test_a_random_frozen_backbone_is_saved(make_tiny_cfg, tmp_path):
     method, _, _ = load_method(str(run / "last.pt"), device="cpu")
     for k, v in method.state_dict().items():
         assert torch.equal(v, ckpt["model"][k]), k
+
+
+# ---------------------------------------------------------------------------------------
+# The two-stage loaders: Ctrl-C, and what a spawned worker receives
+# ---------------------------------------------------------------------------------------
+
+
+class _CtrlCInWorkers(torch.utils.data.Dataset):
+    """``ds``'s items; a loading worker first sends itself SIGINT, as a Ctrl-C in the terminal
+    does to every process of the foreground group."""
+
+    def __init__(self, ds):
+        self.ds, self.records = ds, ds.records
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, index):
+        if torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.ds[index]
+
+
+def _tiny_split(cfg, split: str, transform):
+    from bcct.data.dataset import WSOLDataset
+    from bcct.data.readers import read_dataset
+
+    return WSOLDataset(read_dataset(cfg.data, seed=cfg.seed).split(split), transform(cfg.data))
+
+
+def test_ctrl_c_leaves_eval_and_bc_stage_workers_loading(make_tiny_cfg, tiny_data):
+    """The evaluation loader (also the mask cache's) and the BC stage's leave Ctrl-C to the main
+    process, which stops at a step boundary; a worker killed by it would crash the run."""
+    from bcct.data.transforms import test_transform, train_transform
+    from bcct.evaluate import make_loader
+    from bcct.two_stage import train_bc
+
+    cfg = make_tiny_cfg("data.workers=1", "model.pretrained=none", "bcct.mode=two_stage", "bcct.bc_epochs=1",
+                        method="bcct")
+    val = _CtrlCInWorkers(_tiny_split(cfg, "val", test_transform))
+    assert sum(len(b["index"]) for b in make_loader(val, cfg)) == len(val)
+    method = BCCT(cfg, 3)
+    stats = train_bc(method, _CtrlCInWorkers(_tiny_split(cfg, "train", train_transform)),
+                     str(tiny_data / "backgrounds"), torch.device("cpu"), progress=False)
+    assert stats["bc_epoch"] == 0

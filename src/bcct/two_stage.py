@@ -22,6 +22,7 @@ from bcct.data.dataset import WSOLDataset, collate
 from bcct.data.transforms import test_transform
 from bcct.evaluate import make_loader
 from bcct.mask import mask_codes
+from bcct.runtime import ignore_sigint
 
 
 def train_bc(method, train_ds: WSOLDataset, background_folder: str, device, progress: bool = True) -> dict:
@@ -42,7 +43,8 @@ def train_bc(method, train_ds: WSOLDataset, background_folder: str, device, prog
     bgs = background_batches(cfg, background_folder, batch, [r.path for r in train_ds.records], key=(seed,))
     sampler = distributed.EpochSampler(train_ds, seed, batch)
     loader = DataLoader(distributed.SeededSamples(train_ds, seed), batch_size=batch, sampler=sampler, drop_last=True,
-                        num_workers=cfg.data.workers, collate_fn=collate, pin_memory=device.type == "cuda")
+                        num_workers=cfg.data.workers, collate_fn=collate, pin_memory=device.type == "cuda",
+                        worker_init_fn=ignore_sigint)
     stats = {}
     for epoch in range(cfg.bcct.bc_epochs):
         sampler.set_epoch(epoch)

@@ -244,3 +244,33 @@ def test_ctrl_c_leaves_eval_and_bc_stage_workers_loading(make_tiny_cfg, tiny_dat
     stats = train_bc(method, _CtrlCInWorkers(_tiny_split(cfg, "train", train_transform)),
                      str(tiny_data / "backgrounds"), torch.device("cpu"), progress=False)
     assert stats["bc_epoch"] == 0
+
+
+def test_mask_cache_reaches_spawned_workers_as_one_tensor(make_tiny_cfg):
+    """Under spawn or forkserver (Python 3.14's default) every loading worker unpickles the
+    dataset: the two-stage mask cache must cross as one tensor (one shared-memory block),
+    not one per image (ILSVRC: 1.28 M of them, a file descriptor each)."""
+    import io
+    import pickle
+
+    from bcct import distributed
+    from bcct.data.transforms import train_transform
+    from bcct.two_stage import cache_masks
+
+    cfg = make_tiny_cfg("model.pretrained=none", "bcct.mode=two_stage", method="bcct")
+    ds = _tiny_split(cfg, "train", train_transform)
+    ds.cached_masks = cache_masks(BCCT(cfg, 3), ds, torch.device("cpu"))
+    assert isinstance(ds.cached_masks, torch.Tensor)
+    assert ds.cached_masks.shape == (len(ds), 8, 8) and ds.cached_masks.dtype == torch.uint8
+    tensors = []
+
+    class Counting(pickle.Pickler):
+        def reducer_override(self, obj):
+            if isinstance(obj, torch.Tensor):
+                tensors.append(obj.shape)
+                return torch.empty, (0,)
+            return NotImplemented
+
+    Counting(io.BytesIO()).dump(distributed.SeededSamples(ds, cfg.seed))  # what the loader sends a worker
+    assert tensors == [ds.cached_masks.shape]
+    assert ds[0]["cached_mask"].shape == (32, 32)

@@ -71,10 +71,12 @@ def train_bc(method, train_ds: WSOLDataset, background_folder: str, device, prog
 CACHE_REDUCTION = 4  # cached masks are stored at image_size / 4 per side
 
 
-def cache_masks(method, train_ds: WSOLDataset, device) -> list[torch.Tensor]:
-    """One uint8 code map per training image: its BC mask on the whole (resized,
-    un-augmented) image, reduced to image_size / 4 per side with nearest neighbour. With
-    several processes each masks its share of the batches and every process gets them all."""
+def cache_masks(method, train_ds: WSOLDataset, device) -> torch.Tensor:
+    """One uint8 code map per training image, [N, side, side]: its BC mask on the whole
+    (resized, un-augmented) image, reduced to image_size / 4 per side with nearest neighbour.
+    With several processes each masks its share of the batches and every process gets them
+    all. One tensor, not one per image: a loading worker started by spawn or forkserver
+    (Python 3.14's default) receives the dataset pickled, the cache as one shared block."""
     cfg = method.cfg
     plain = WSOLDataset(train_ds.records, test_transform(cfg.data))
     batches = distributed.shard_batches(len(plain), cfg.eval.batch_size)
@@ -90,4 +92,4 @@ def cache_masks(method, train_ds: WSOLDataset, device) -> list[torch.Tensor]:
         for index, m in share:
             for i, one in zip(index, m):
                 masks[i] = one
-    return masks
+    return torch.stack(masks) if masks else torch.zeros(0, side, side, dtype=torch.uint8)

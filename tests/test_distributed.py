@@ -333,6 +333,16 @@ def test_channels_last_only_on_cuda(make_tiny_cfg, tmp_path):
     assert weights and all(w.is_contiguous() for w in weights)  # no channels_last on CPU
 
 
+def test_cudnn_autotuning_only_on_cuda(monkeypatch):
+    from bcct import runtime
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    runtime.tune_kernels(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    runtime.tune_kernels(torch.device("cuda", 1))
+    assert torch.backends.cudnn.benchmark is True
+
+
 # ------------------------------------------------------------------- a diverged process
 
 

@@ -285,8 +285,20 @@ def _one_line(message: str) -> str:
     return last.split(": ", 1)[1] if last.startswith("bcct.errors.BadInput: ") else last
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``key=value`` overrides anywhere among the options
+    (``train --data D epochs=3 --out R lr=0.01``): argparse alone takes only their first run."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and hasattr(args, "overrides") and not any(r.startswith("-") for r in rest):
+        args.overrides = list(args.overrides) + rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except BadInput as exc:

@@ -491,3 +491,37 @@ def test_a_rank_left_in_the_environment_without_torchrun_is_ignored(reference_ru
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run2")]) == 1
     assert capsys.readouterr().err.strip() == "error: loss is nan at epoch 0, step 2; lower the learning rate"
     assert distributed.rank() == 0 and distributed.is_main()
+
+
+# ------------------------------------------------------------------- downloads on several nodes
+
+
+def _main_first_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    """One of 4 processes on 2 "nodes" (LOCAL_RANK 0, 1 on each): a download into a cache
+    folder shared by all, then into one folder per node, each under ``main_first``."""
+    os.environ["LOCAL_RANK"] = str(rank % 2)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        found = {}
+        for kind, cache in (("shared", Path(out, "shared")), ("per_node", Path(out, f"node{rank // 2}"))):
+            with distributed.main_first():
+                found[kind] = (cache / "weights").is_file()
+                if not found[kind]:  # the download: slow, then written in one step
+                    time.sleep(2)
+                    cache.mkdir(exist_ok=True)
+                    (cache / f"weights.{rank}").write_text(str(rank))
+                    (cache / f"weights.{rank}").replace(cache / "weights")
+        Path(out, f"rank{rank}.json").write_text(json.dumps(found))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_main_first_downloads_once_per_cache_on_several_nodes(tmp_path):
+    """Global rank 0 first, then the first process of each other node, then the rest: one
+    download in all where the nodes share the cache, one per node where each has its own
+    (not one per process of the node, racing for the same file)."""
+    mp.start_processes(_main_first_worker, args=(4, str(tmp_path / "init"), str(tmp_path)), nprocs=4,
+                       start_method="fork")  # nothing to import again: the processes start at once
+    found = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
+    assert [f["shared"] for f in found] == [False, True, True, True]
+    assert [f["per_node"] for f in found] == [False, True, False, True]

@@ -145,8 +145,8 @@ def _untrained_bcct_checkpoint(cfg, path) -> None:
 def test_bc_figure_runs_where_the_method_is(make_tiny_cfg, tmp_path, monkeypatch):
     """``bcct demo`` and bench/bench_real.py load the trained method on CUDA when there is one
     (device=auto); the figure's images and the pretrained backbone must follow it there. The
-    meta device stands in for CUDA: every tensor reaching a model is on it, and the figure
-    stops only where a meta tensor must give up its numbers (drawing the figure)."""
+    meta device stands in for CUDA: every tensor reaching a model is on it (the figure stops
+    later, where a meta tensor would have to give numbers)."""
     import bcct.demo as demo
 
     ckpt = tmp_path / "best.pt"
@@ -167,8 +167,8 @@ def test_bc_figure_runs_where_the_method_is(make_tiny_cfg, tmp_path, monkeypatch
             demo.bc_figure(ckpt, tmp_path / "fig.png", n=3)
     finally:
         hook.remove()
-    assert "expected device" not in str(err.value) and "meta" in str(err.value), err.value
-    assert seen and set(seen) == {"meta"}
+    assert "expected device" not in str(err.value), err.value
+    assert len(seen) > 10 and set(seen) == {"meta"}
 
 
 def test_checkpoints_with_the_frozen_backbone_still_load(uninterrupted_bcct, tmp_path):
@@ -262,15 +262,23 @@ def test_mask_cache_reaches_spawned_workers_as_one_tensor(make_tiny_cfg):
     ds.cached_masks = cache_masks(BCCT(cfg, 3), ds, torch.device("cpu"))
     assert isinstance(ds.cached_masks, torch.Tensor)
     assert ds.cached_masks.shape == (len(ds), 8, 8) and ds.cached_masks.dtype == torch.uint8
-    tensors = []
 
-    class Counting(pickle.Pickler):
-        def reducer_override(self, obj):
-            if isinstance(obj, torch.Tensor):
-                tensors.append(obj.shape)
-                return torch.empty, (0,)
-            return NotImplemented
+    def tensors_sent() -> list:
+        """The tensors in what the loader pickles for a worker."""
+        found = []
 
-    Counting(io.BytesIO()).dump(distributed.SeededSamples(ds, cfg.seed))  # what the loader sends a worker
-    assert tensors == [ds.cached_masks.shape]
+        class Counting(pickle.Pickler):
+            def reducer_override(self, obj):
+                if isinstance(obj, torch.Tensor):
+                    found.append(tuple(obj.shape))
+                    return torch.empty, (0,)
+                return NotImplemented
+
+        Counting(io.BytesIO()).dump(distributed.SeededSamples(ds, cfg.seed))
+        return found
+
+    with_cache, cache = tensors_sent(), ds.cached_masks
+    ds.cached_masks = None
+    assert sorted(tensors_sent() + [tuple(cache.shape)]) == sorted(with_cache)
+    ds.cached_masks = cache
     assert ds[0]["cached_mask"].shape == (32, 32)

@@ -239,10 +239,13 @@ def test_ctrl_c_leaves_eval_and_bc_stage_workers_loading(make_tiny_cfg, tiny_dat
     cfg = make_tiny_cfg("data.workers=1", "model.pretrained=none", "bcct.mode=two_stage", "bcct.bc_epochs=1",
                         method="bcct")
     val = _CtrlCInWorkers(_tiny_split(cfg, "val", test_transform))
-    assert sum(len(b["index"]) for b in make_loader(val, cfg)) == len(val)
-    method = BCCT(cfg, 3)
-    stats = train_bc(method, _CtrlCInWorkers(_tiny_split(cfg, "train", train_transform)),
-                     str(tiny_data / "backgrounds"), torch.device("cpu"), progress=False)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job ignores it)
+    try:
+        assert sum(len(b["index"]) for b in make_loader(val, cfg)) == len(val)
+        stats = train_bc(BCCT(cfg, 3), _CtrlCInWorkers(_tiny_split(cfg, "train", train_transform)),
+                         str(tiny_data / "backgrounds"), torch.device("cpu"), progress=False)
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert stats["bc_epoch"] == 0
 
 

@@ -171,6 +171,23 @@ def test_acol_branch_b_sees_the_features_erased_by_classifier_a(make_tiny_cfg):
     assert (seen[1][:, 0, 0] == 0).all() and (seen[1].flatten(1)[:, 1:] > 0).all()
 
 
+def test_acol_erases_nothing_where_a_half_precision_map_is_flat(make_tiny_cfg):
+    """Under fp16 autocast the class maps are fp16, where 1e-12 is 0: a constant map must still
+    normalise to 0 (not 0/0 = NaN, which is never below the threshold, so every feature of
+    the image would be erased); the other image is erased as in fp32."""
+    method = _method(make_tiny_cfg, "acol", "extra.acol.erase_threshold=0.5")
+    feats = (torch.rand(2, 4, 3, 3) + 0.1).half()
+    cams_a = torch.full((2, N_CLASSES, 3, 3), 2.0, dtype=torch.float16)  # image 0: a constant map
+    cams_a[1, 2] = torch.arange(9.0).view(3, 3)  # image 1, class 2: normalised k/8
+    method.head_b = _Record(N_CLASSES)
+    _, attention = method.branch_b(feats, cams_a, torch.tensor([1, 2]))
+    assert attention.dtype == torch.float16 and torch.equal(attention[0], torch.zeros(3, 3, dtype=torch.float16))
+    seen = method.head_b.seen
+    zero1 = (torch.arange(9.0).view(3, 3) / 8) >= 0.5
+    assert torch.equal(seen[0], feats[0])  # nothing erased
+    assert (seen[1][:, zero1] == 0).all() and torch.equal(seen[1][:, ~zero1], feats[1][:, ~zero1])
+
+
 def test_acol_has_two_classifiers_and_two_cross_entropies(make_tiny_cfg, batch):
     method = _method(make_tiny_cfg, "acol").train()
     assert isinstance(method.head_a, class_maps.CAMHead) and isinstance(method.head_b, class_maps.CAMHead)

@@ -96,8 +96,29 @@ def test_bc_gradient_runs_in_fp32_under_autocast():
     assert grad_amp.dtype == torch.float32 and feats_amp.dtype == torch.float32
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gradcam_bc_masks_under_autocast_equal_fp32(dtype):
+    """AMP: the Grad-CAM BC map (the paper recipes' and cub_cpu's reading: flipped, sqrt scale)
+    is computed in fp32 inside the training step's autocast block too, so bf16 and fp16 runs
+    train on the fp32 masks."""
+    torch.manual_seed(0)
+    cfg = _tiny_method_cfg("bcct.map=gradcam", "bcct.flip=true", "bcct.pool_cells=0", "bcct.blur=0",
+                           "bcct.normalize=sqrt", "bcct.delta=0.5")
+    method = BCCT(cfg, num_classes=3).train()
+    images = torch.randn(4, 3, 32, 32)
+    maps, feats, _ = method.gradient_maps(images)
+    with torch.autocast("cpu", dtype=dtype):
+        maps_amp, feats_amp, _ = method.gradient_maps(images)
+        mask_amp = method.masks(maps_amp)[0]
+    mask = method.masks(maps)[0]
+    assert maps_amp.dtype == torch.float32 and feats_amp.dtype == torch.float32
+    assert torch.equal(maps_amp, maps) and torch.equal(feats_amp, feats)
+    assert torch.equal(mask_amp, mask) and mask.any() and not mask.all()
+
+
 def test_bc_features_stay_in_eval_mode():
     bc = _bc()
+    assert not any(m.training for m in bc.features.modules())  # from construction on, before any .train()
     bc.train()
     assert bc.training and bc.classifier.training
     assert not bc.features.training
@@ -169,6 +190,18 @@ def test_normalize_by_hand():
         assert out.min() >= 0 and out.max() <= 1 and torch.allclose(out.flatten(1).amax(1), torch.ones(3))
     with pytest.raises(ValueError):
         class_maps.normalize_maps(maps, "softmax")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_normalize_flat_maps_in_every_precision(dtype):
+    """AMP: a constant (or all-zero) map normalises to 0 in fp16 too, where the 1e-12 floor
+    of the scale would be 0 (0/0 = NaN); maps keep their dtype."""
+    flat, zero = torch.full((2, 3, 3), 2.0, dtype=dtype), torch.zeros(2, 3, 3, dtype=dtype)
+    for how, maps in [("minmax", flat), ("minmax", zero), ("max", zero), ("sqrt", zero), ("percentile", zero)]:
+        out = class_maps.normalize_maps(maps, how)
+        assert out.dtype == dtype and torch.equal(out, zero), (how, out)
+    ramp = torch.arange(9.0).view(1, 3, 3).to(dtype)
+    assert torch.equal(class_maps.normalize_maps(ramp, "minmax"), (ramp / 8).to(dtype))
 
 
 def test_smooth_identity_and_mass():

@@ -115,6 +115,28 @@ def test_error_unknown_method(cli_run, tmp_path, capsys):
     assert "'nosuch'" in line and "cam" in line
 
 
+def test_overrides_anywhere_among_the_options(tiny_data, tmp_path, monkeypatch, capsys):
+    """``key=value`` overrides may come before, between and after the options, in order."""
+    import bcct.train
+
+    seen = {}
+
+    def fake_train(cfg, out, progress=True, resume=False):
+        seen.update(cfg=cfg, out=out, progress=progress)
+        return {"thresholds": {}}
+
+    monkeypatch.setattr(bcct.train, "train", fake_train)
+    argv = ["train", "epochs=5", "--data", str(tiny_data), "epochs=3", "--out", str(tmp_path / "r"), "optim.lr=0.5",
+            "--quiet", "image_size=32"]
+    assert main(argv) == 0
+    cfg = seen["cfg"]
+    assert (cfg.optim.epochs, cfg.optim.lr, cfg.data.image_size) == (3, 0.5, 32)
+    assert seen["out"] == str(tmp_path / "r") and seen["progress"] is False
+    with pytest.raises(SystemExit):  # an unknown option is still argparse's error
+        main(["train", "--data", str(tiny_data), "epochs=3", "--out", str(tmp_path / "r"), "--bogus", "lr=1"])
+    assert "unrecognized arguments: --bogus lr=1" in capsys.readouterr().err
+
+
 def test_error_override_without_equals(cli_run, tmp_path, capsys):
     data, _ = cli_run
     code = main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "epochs", "--quiet"])

@@ -333,6 +333,16 @@ def test_channels_last_only_on_cuda(make_tiny_cfg, tmp_path):
     assert weights and all(w.is_contiguous() for w in weights)  # no channels_last on CPU
 
 
+def test_cudnn_autotuning_only_on_cuda(monkeypatch):
+    from bcct import runtime
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    runtime.tune_kernels(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    runtime.tune_kernels(torch.device("cuda", 1))
+    assert torch.backends.cudnn.benchmark is True
+
+
 # ------------------------------------------------------------------- a diverged process
 
 
@@ -429,3 +439,89 @@ def test_find_unused_parameters_exactly_where_a_step_leaves_some(name, extra):
     cfg = load_config("synth", ["image_size=32", "model.head_width=16", "model.pretrained=none", *extra], method=name)
     method = build_method(cfg, 3)
     assert bool(_unused_after_steps(method)) == method.find_unused_parameters, _unused_after_steps(method)
+
+
+# ------------------------------------------------------------------- SyncBatchNorm, frozen layers
+
+
+def test_syncbatchnorm_conversion_keeps_frozen_layers_in_eval_mode(monkeypatch):
+    """Several CUDA processes convert BatchNorm to SyncBatchNorm; the CT backbone's layers
+    below ``model.train_from`` must still run in eval mode (pretrained statistics, never
+    updated), as in one process. The conversion and ``.train()`` run on the CPU; only
+    SyncBatchNorm's forward needs CUDA."""
+    from bcct.config import load_config
+    from bcct.methods import build_method
+
+    cfg = load_config("synth", ["image_size=32", "model.head_width=16", "model.pretrained=none",
+                                "model.train_from=8"], method="bcct")  # small_vgg: layers 0-7 frozen
+    one = build_method(cfg, 3).train()
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    synced = distributed.sync_batchnorm(build_method(cfg, 3), torch.device("cuda")).train()
+
+    def bn_modes(method):
+        return {n: m.training for n, m in method.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+    assert bn_modes(synced) == bn_modes(one)
+    assert not bn_modes(one)["model.backbone.1"] and not bn_modes(one)["model.backbone.5"]  # frozen
+    assert bn_modes(one)["model.backbone.9"] and bn_modes(one)["model.head.body.1"]  # trained
+
+
+# ------------------------------------------------------------------- RANK without torchrun
+
+
+def test_a_rank_left_in_the_environment_without_torchrun_is_ignored(reference_run, make_tiny_cfg, tmp_path,
+                                                                     monkeypatch, capsys):
+    """Cluster launchers and notebooks export RANK. Without torchrun (no WORLD_SIZE > 1, no
+    process group) bcct is one process whatever RANK says: eval scores the whole split,
+    train trains, and a diverged run's error is printed."""
+    want = evaluate_checkpoint(str(reference_run / "best.pt"), split="test", progress=False)
+    monkeypatch.setenv("RANK", "1")
+    assert evaluate_checkpoint(str(reference_run / "best.pt"), split="test", progress=False) == want
+    train(make_tiny_cfg("epochs=1"), tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "best.pt").is_file()
+
+    import bcct.train
+    from bcct.cli import main
+
+    def diverge(*args, **kwargs):
+        raise FloatingPointError("loss is nan at epoch 0, step 2; lower the learning rate")
+
+    monkeypatch.setattr(bcct.train, "train", diverge)
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run2")]) == 1
+    assert capsys.readouterr().err.strip() == "error: loss is nan at epoch 0, step 2; lower the learning rate"
+    assert distributed.rank() == 0 and distributed.is_main()
+
+
+# ------------------------------------------------------------------- downloads on several nodes
+
+
+def _main_first_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    """One of 4 processes on 2 "nodes" (LOCAL_RANK 0, 1 on each): a download into a cache
+    folder shared by all, then into one folder per node, each under ``main_first``."""
+    os.environ["LOCAL_RANK"] = str(rank % 2)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        found = {}
+        for kind, cache in (("shared", Path(out, "shared")), ("per_node", Path(out, f"node{rank // 2}"))):
+            with distributed.main_first():
+                found[kind] = (cache / "weights").is_file()
+                if not found[kind]:  # the download: slow, then written in one step
+                    time.sleep(2)
+                    cache.mkdir(exist_ok=True)
+                    (cache / f"weights.{rank}").write_text(str(rank))
+                    (cache / f"weights.{rank}").replace(cache / "weights")
+        Path(out, f"rank{rank}.json").write_text(json.dumps(found))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_main_first_downloads_once_per_cache_on_several_nodes(tmp_path):
+    """Global rank 0 first, then the first process of each other node, then the rest: one
+    download in all where the nodes share the cache, one per node where each has its own
+    (not one per process of the node, racing for the same file)."""
+    mp.start_processes(_main_first_worker, args=(4, str(tmp_path / "init"), str(tmp_path)), nprocs=4,
+                       start_method="fork")  # nothing to import again: the processes start at once
+    found = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
+    assert [f["shared"] for f in found] == [False, True, True, True]
+    assert [f["per_node"] for f in found] == [False, True, False, True]

@@ -24,6 +24,7 @@ class BCModel(nn.Module):
         super().__init__()
         self.features = build_backbone(cfg.backbone, cfg.pretrained)
         self.features.requires_grad_(False)
+        self.features.eval()  # from the start: a resumed two-stage run caches masks before any .train()
         c = self.features.out_channels
         self.local = nn.Sequential(nn.Conv2d(c, hidden, 1), nn.ReLU(inplace=False)) if hidden else nn.Identity()
         self.classifier = nn.Linear(hidden or c, 1)

@@ -61,8 +61,13 @@ def normalize_maps(maps: torch.Tensor, how: str = "minmax", percentile: float = 
       pixels cannot set the scale.
     - ``sqrt``: square root of the max-normalised map: gradient magnitudes are heavy-tailed;
       delta on this scale is delta^2 on Eq. 2's raw scale (:func:`bcct.gradient_map.raw_delta`).
+
+    Computed in at least fp32 and returned in the maps' dtype: under fp16 autocast the 1e-12
+    floor of the scale would be 0, and a constant map 0/0 = NaN (which ACoL's erasing reads
+    as "erase everything").
     """
     flat = maps.flatten(-2)
+    flat = flat.to(torch.promote_types(flat.dtype, torch.float32))
     if how == "minmax":
         lo, hi = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
         out = (flat - lo) / (hi - lo).clamp_min(1e-12)
@@ -75,4 +80,4 @@ def normalize_maps(maps: torch.Tensor, how: str = "minmax", percentile: float = 
         out = (flat / flat.amax(-1, keepdim=True).clamp_min(1e-12)).sqrt()
     else:
         raise ValueError(f"normalisation {how!r}: use max, sqrt, percentile or minmax")
-    return out.view_as(maps)
+    return out.view_as(maps).to(maps.dtype)

@@ -164,7 +164,7 @@ def cmd_train(args) -> int:
     if args.backgrounds:
         cfg.data.backgrounds = args.backgrounds
     result = train(cfg, out, progress=not args.quiet, resume=resume)
-    if distributed.is_main():
+    if distributed.launcher_rank() == 0:  # the process group is left: torchrun's RANK says who prints
         print(f"done: {out}/best.pt (val thresholds {result['thresholds']})")
     return 0
 
@@ -305,17 +305,29 @@ def _one_line(message: str) -> str:
     return last.split(": ", 1)[1] if last.startswith("bcct.errors.BadInput: ") else last
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``key=value`` overrides anywhere among the options
+    (``train --data D epochs=3 --out R lr=0.01``): argparse alone takes only their first run."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and hasattr(args, "overrides") and not any(r.startswith("-") for r in rest):
+        args.overrides = list(args.overrides) + rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except BadInput as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except FloatingPointError as exc:  # a diverged run: every process stops; one prints
-        import os
+        from bcct import distributed
 
-        if int(os.environ.get("RANK", 0)) == 0:
+        if distributed.launcher_rank() == 0:
             print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

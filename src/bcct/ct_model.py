@@ -33,11 +33,11 @@ class CTModel(nn.Module):
         # The paper feeds the branch "the feature map after the top fully convolutional
         # layer"; we take the backbone features so it does not compete with the class maps.
         self.branch = MaskBranch(self.backbone.out_channels, cfg.head_width, cfg.head_bn) if mask_branch else None
-        self.frozen = freeze_before(self.backbone, cfg.train_from)
+        freeze_before(self.backbone, cfg.train_from)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for module in self.frozen:
+        for module in frozen_modules(self.backbone):
             module.eval()  # frozen layers keep their pretrained BatchNorm statistics
         return self
 
@@ -58,11 +58,11 @@ class CTModel(nn.Module):
         ]
 
 
-def freeze_before(backbone: nn.Module, prefix: str) -> list[nn.Module]:
-    """Freeze ``backbone``'s leading layers: every module whose parameters all come before the
-    first parameter named ``prefix...``. Returns the frozen modules (to keep in eval mode)."""
+def freeze_before(backbone: nn.Module, prefix: str) -> None:
+    """Freeze ``backbone``'s leading layers: every parameter that comes before the first one
+    named ``prefix...`` (:func:`frozen_modules` finds their modules, kept in eval mode)."""
     if not prefix:
-        return []
+        return
     names = [n for n, _ in backbone.named_parameters()]
     first = next((i for i, n in enumerate(names) if n.startswith(prefix)), None)
     if first is None:
@@ -74,5 +74,11 @@ def freeze_before(backbone: nn.Module, prefix: str) -> list[nn.Module]:
     for n, p in backbone.named_parameters():
         if n in frozen_names:
             p.requires_grad_(False)
+
+
+def frozen_modules(backbone: nn.Module) -> list[nn.Module]:
+    """The modules whose own parameters are all frozen, found when asked rather than kept:
+    a module swapped in later (SyncBatchNorm under DDP, bcct.distributed) holds the same
+    frozen parameters and is found too."""
     return [m for m in backbone.modules()
             if list(m.parameters(recurse=False)) and all(not p.requires_grad for p in m.parameters(recurse=False))]

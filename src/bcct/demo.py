@@ -122,17 +122,19 @@ def bc_figure(ckpt: Path, path: Path, n: int = N_FIGURE) -> None:
     from bcct.gradient_map import pretrained_maps
     from bcct.mask import bc_mask
 
-    method, cfg, saved = load_method(str(ckpt))
+    method, cfg, saved = load_method(str(ckpt))  # on CUDA when there is one (device=auto)
+    device = next(method.parameters()).device
     records = read_dataset(cfg.data, seed=cfg.seed).split("test")
     picks = np.unique(np.linspace(0, len(records) - 1, n).astype(int))
     ds = WSOLDataset([records[i] for i in picks], test_transform(cfg.data))
     images = torch.stack([ds[i]["image"] for i in range(len(ds))])
     b = cfg.bcct
     trained_with = saved["config"]["model"]["pretrained"]  # the run's own weights (load_method set "none")
-    pretrained = build_backbone(cfg.model.backbone, trained_with).eval()
-    plain = pretrained_maps(pretrained, images, b)
-    maps = method.gradient_maps(images)[0]
-    rows = {"pretrained": plain.numpy(), "BC map": maps.detach().numpy(), f"mask d={b.delta}": bc_mask(maps, b.delta).numpy()}
+    pretrained = build_backbone(cfg.model.backbone, trained_with).to(device).eval()
+    plain = pretrained_maps(pretrained, images.to(device), b)
+    maps = method.gradient_maps(images.to(device))[0].detach()
+    rows = {"pretrained": plain, "BC map": maps, f"mask d={b.delta}": bc_mask(maps, b.delta)}
+    rows = {k: v.cpu().numpy() for k, v in rows.items()}
     map_grid(denormalize(images, cfg.data).permute(0, 2, 3, 1).numpy(), rows, path)
 
 

@@ -18,8 +18,10 @@ Choices (each one line in the loop, explained here):
   without a gradient (``Method.find_unused_parameters``: BC-CT's mask branch during
   warm-up, its BC classifier in two-stage mode); elsewhere DDP skips that graph walk.
 - **BatchNorm**: converted to SyncBatchNorm on CUDA when there are several processes, so
-  statistics are those of the global batch, as in one process. PyTorch's SyncBatchNorm has
-  no CPU kernel: on CPU (gloo) each process normalises with its own share of the batch.
+  statistics are those of the global batch, as in one process (frozen layers stay in eval
+  mode: they are found by their frozen parameters, which the conversion keeps). PyTorch's
+  SyncBatchNorm has no CPU kernel: on CPU (gloo) each process normalises with its own share
+  of the batch.
 - **Batch size**: ``optim.batch_size`` is the global batch; each process takes
   ``batch_size / world_size``, so the optimisation sees the same batches as one process.
   BC-CT's background images come from one stream of draws for the run (fixed by the seed),
@@ -57,8 +59,15 @@ from bcct.errors import BadInput
 
 
 def rank() -> int:
-    """This process's rank (0 when not distributed)."""
-    return dist.get_rank() if _joined() else int(os.environ.get("RANK", 0))
+    """This process's rank in the process group; 0 without one, whatever ``RANK`` the
+    environment holds (cluster launchers and notebooks export it outside torchrun)."""
+    return dist.get_rank() if _joined() else 0
+
+
+def launcher_rank() -> int:
+    """The rank torchrun gave this process (its ``RANK`` when its ``WORLD_SIZE`` > 1), group
+    joined or not: who prints once the group is left. 0 for a lone process."""
+    return int(os.environ.get("RANK", 0)) if int(os.environ.get("WORLD_SIZE", 1)) > 1 else 0
 
 
 def world_size() -> int:
@@ -115,12 +124,18 @@ def process_group(device: torch.device):
 
 @contextmanager
 def main_first():
-    """Rank 0 runs the block first (e.g. downloads weights into the shared cache), then the
-    others, who find the result cached."""
-    if is_distributed() and not is_main():
+    """Rank 0 runs the block first (e.g. downloads weights into the cache), then the first
+    process of every other node (``LOCAL_RANK`` 0), then the rest, who find the result
+    cached: once in all where the nodes share the cache folder, once per node where each
+    has its own, and never two processes writing one file at once."""
+    if not is_distributed():
+        yield
+        return
+    turn = 0 if is_main() else 1 if local_rank() == 0 else 2
+    for _ in range(turn):
         dist.barrier()
     yield
-    if is_distributed() and is_main():
+    for _ in range(turn, 2):
         dist.barrier()
 
 

@@ -20,18 +20,20 @@ from bcct.config import Config
 from bcct.data.dataset import WSOLDataset, collate
 from bcct.errors import BadInput
 from bcct.metrics import BoxCorrectness, choose_threshold, default_workers, mask_iou50, mask_validity, summarize
+from bcct.runtime import ignore_sigint
 
 NEEDS_BOXES = "needs boxes"  # the ``localization`` entry of a split without boxes
 MASK_THRESHOLD = "bc_masks"  # threshold_source: chosen against the method's own mask boxes (no annotation)
 
 
 def make_loader(ds: WSOLDataset, cfg: Config, batches: list[list[int]] | None = None) -> DataLoader:
-    """In order, ``eval.batch_size`` at a time; or the given ``batches`` of indices."""
+    """In order, ``eval.batch_size`` at a time; or the given ``batches`` of indices. Its workers
+    leave Ctrl-C to the main process (a stop during evaluation is the loop's to handle)."""
     if batches is not None:
         return DataLoader(ds, batch_sampler=batches, num_workers=cfg.data.workers, collate_fn=collate,
-                          pin_memory=torch.cuda.is_available())
+                          pin_memory=torch.cuda.is_available(), worker_init_fn=ignore_sigint)
     return DataLoader(ds, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.workers,
-                      collate_fn=collate, pin_memory=torch.cuda.is_available())
+                      collate_fn=collate, pin_memory=torch.cuda.is_available(), worker_init_fn=ignore_sigint)
 
 
 @torch.no_grad()

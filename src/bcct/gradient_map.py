@@ -126,14 +126,19 @@ def literal(b):
 
 
 def bc_maps(bc, images: torch.Tensor, b) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(maps in [0, 1] [B,H,W], BC features, BC logits) for a batch, as BCCTConfig ``b`` says."""
+    """(maps in [0, 1] [B,H,W], BC features, BC logits) for a batch, as BCCTConfig ``b`` says.
+    Always in fp32, autocast or not, whatever the reading: a bf16 or fp16 run trains on the
+    masks of an fp32 run (in half precision Grad-CAM moves pixels across delta, and gradients
+    underflow in fp16)."""
     if b.literal:
         b = literal(b)
-    raw, feats, logits = saliency(bc, images, b.map, b.reduce)
-    if b.flip:
-        mirrored = saliency(bc, images.flip(-1), b.map, b.reduce)[0].flip(-1)
-        raw = (raw + mirrored) / 2
-    return postprocess(raw, bc.features.stride, b.pool_cells, b.blur, b.normalize), feats, logits
+    with torch.autocast(images.device.type, enabled=False):
+        images = images.float()
+        raw, feats, logits = saliency(bc, images, b.map, b.reduce)
+        if b.flip:
+            mirrored = saliency(bc, images.flip(-1), b.map, b.reduce)[0].flip(-1)
+            raw = (raw + mirrored) / 2
+        return postprocess(raw, bc.features.stride, b.pool_cells, b.blur, b.normalize), feats, logits
 
 
 def pretrained_gradient(backbone, images: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from bcct.errors import BadInput
 from bcct.evaluate import evaluate, flatten
 from bcct.imagenet import IMAGENET
 from bcct.methods import build_method
-from bcct.runtime import resolve_device
+from bcct.runtime import resolve_device, tune_kernels
 
 
 def load_method(ckpt_path: str, overrides: list[str] | None = None, device: str = "auto"):
@@ -47,6 +47,7 @@ def load_method(ckpt_path: str, overrides: list[str] | None = None, device: str 
         raise BadInput(f"{ckpt_path}: weights do not fit a {cfg.method} model with {len(ckpt['class_names'])} "
                        f"classes ({_mismatch(method.state_dict(), ckpt['model'])}); {hint}") from None
     dev = resolve_device(device if device != "auto" else cfg.device)
+    tune_kernels(dev)
     return method.to(dev).eval(), cfg, ckpt
 
 

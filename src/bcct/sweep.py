@@ -16,6 +16,7 @@ from bcct.errors import BadInput
 from bcct.evaluate import to_original
 from bcct.mask import bc_mask, mask_boxes
 from bcct.metrics import mask_iou50, mask_validity
+from bcct.runtime import ignore_sigint
 
 DELTAS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 
@@ -44,7 +45,7 @@ def pretrained_sweep(cfg, ds: WSOLDataset, deltas=DELTAS, batch_size: int = 64, 
 
 def maps_sweep(maps_of, ds: WSOLDataset, size: int, deltas=DELTAS, batch_size: int = 64, workers: int = 0) -> dict:
     """:func:`mask_sweep` for any ``maps_of(images) -> [B,H,W] maps in [0, 1]``."""
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate, worker_init_fn=ignore_sigint)
     return score_maps((maps_of(batch["image"]).detach() for batch in loader), ds, size, deltas)
 
 

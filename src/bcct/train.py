@@ -32,6 +32,7 @@ from bcct.evaluate import MASK_THRESHOLD, evaluate, has_boxes
 from bcct.meters import Averages
 from bcct.methods import METHODS, build_method
 from bcct.runtime import GracefulStop, amp_dtype, autocast, ignore_sigint, memory_format, resolve_device, seed_everything
+from bcct.runtime import tune_kernels
 
 
 def train_one_epoch(model, method, optimizer, scaler, loader, device, epoch: int, cfg: Config, meter: Averages,
@@ -112,6 +113,7 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, resume: bool 
 def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, resume: bool) -> dict:
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     amp_dtype(cfg.amp)  # a bad value fails before any work
+    tune_kernels(device)
     batch_size = distributed.per_process_batch(cfg.optim.batch_size, world)
     seed_everything(cfg.seed)
 

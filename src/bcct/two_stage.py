@@ -22,6 +22,7 @@ from bcct.data.dataset import WSOLDataset, collate
 from bcct.data.transforms import test_transform
 from bcct.evaluate import make_loader
 from bcct.mask import mask_codes
+from bcct.runtime import ignore_sigint
 
 
 def train_bc(method, train_ds: WSOLDataset, background_folder: str, device, progress: bool = True) -> dict:
@@ -42,7 +43,8 @@ def train_bc(method, train_ds: WSOLDataset, background_folder: str, device, prog
     bgs = background_batches(cfg, background_folder, batch, [r.path for r in train_ds.records], key=(seed,))
     sampler = distributed.EpochSampler(train_ds, seed, batch)
     loader = DataLoader(distributed.SeededSamples(train_ds, seed), batch_size=batch, sampler=sampler, drop_last=True,
-                        num_workers=cfg.data.workers, collate_fn=collate, pin_memory=device.type == "cuda")
+                        num_workers=cfg.data.workers, collate_fn=collate, pin_memory=device.type == "cuda",
+                        worker_init_fn=ignore_sigint)
     stats = {}
     for epoch in range(cfg.bcct.bc_epochs):
         sampler.set_epoch(epoch)
@@ -69,10 +71,12 @@ def train_bc(method, train_ds: WSOLDataset, background_folder: str, device, prog
 CACHE_REDUCTION = 4  # cached masks are stored at image_size / 4 per side
 
 
-def cache_masks(method, train_ds: WSOLDataset, device) -> list[torch.Tensor]:
-    """One uint8 code map per training image: its BC mask on the whole (resized,
-    un-augmented) image, reduced to image_size / 4 per side with nearest neighbour. With
-    several processes each masks its share of the batches and every process gets them all."""
+def cache_masks(method, train_ds: WSOLDataset, device) -> torch.Tensor:
+    """One uint8 code map per training image, [N, side, side]: its BC mask on the whole
+    (resized, un-augmented) image, reduced to image_size / 4 per side with nearest neighbour.
+    With several processes each masks its share of the batches and every process gets them
+    all. One tensor, not one per image: a loading worker started by spawn or forkserver
+    (Python 3.14's default) receives the dataset pickled, the cache as one shared block."""
     cfg = method.cfg
     plain = WSOLDataset(train_ds.records, test_transform(cfg.data))
     batches = distributed.shard_batches(len(plain), cfg.eval.batch_size)
@@ -88,4 +92,4 @@ def cache_masks(method, train_ds: WSOLDataset, device) -> list[torch.Tensor]:
         for index, m in share:
             for i, one in zip(index, m):
                 masks[i] = one
-    return masks
+    return torch.stack(masks) if masks else torch.zeros(0, side, side, dtype=torch.uint8)

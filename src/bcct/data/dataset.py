@@ -25,10 +25,10 @@ class WSOLDataset(Dataset):
         self.transform = transform
         self.with_targets = with_targets
         self._sizes: list[tuple[int, int]] | None = None
-        # Per-image cached supervision masks (uint8 label codes [h,w], any size), e.g. BC masks
-        # in two-stage BC-CT: resized to the image (nearest neighbour) and transformed with it
-        # as a tv_tensors.Mask.
-        self.cached_masks: list[torch.Tensor] | None = None
+        # Per-image cached supervision masks (uint8 label codes: [N,h,w], or a list of [h,w] of
+        # any size), e.g. BC masks in two-stage BC-CT: resized to the image (nearest neighbour)
+        # and transformed with it as a tv_tensors.Mask.
+        self.cached_masks: torch.Tensor | list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.records)

@@ -88,17 +88,18 @@ def student_map(bc, head: LocalizerHead, images: torch.Tensor) -> torch.Tensor:
     return feature_maps.with_flip(lambda f: torch.sigmoid(head(f.float())), images, bc.features)
 
 
-def pseudo_masks(maps_of, ds: WSOLDataset, cfg, delta: float, device) -> list[torch.Tensor]:
-    """One uint8 code map per image of ``ds`` (whole image, test transform): ``maps_of``'s
-    map upsampled to a quarter of the input side, cut at ``delta`` x max, largest part."""
+def pseudo_masks(maps_of, ds: WSOLDataset, cfg, delta: float, device) -> torch.Tensor:
+    """uint8 codes [N, side, side], one map per image of ``ds`` (whole image, test transform):
+    ``maps_of``'s map upsampled to a quarter of the input side, cut at ``delta`` x max,
+    largest part. One tensor, as two-stage BC-CT's mask cache (workers get one block)."""
     side = max(1, cfg.data.image_size // CACHE_REDUCTION)
     codes = []
     for batch in make_loader(ds, cfg):
         maps = maps_of(batch["image"].to(device)).float()
         maps = F.interpolate(maps[:, None], size=(side, side), mode="bilinear", align_corners=False)[:, 0]
         m = bc_mask(minmax(maps), delta)
-        codes.extend(mask_codes(m, torch.ones_like(maps)).cpu())
-    return codes
+        codes.append(mask_codes(m, torch.ones_like(maps)).cpu())
+    return torch.cat(codes)
 
 
 def fit_student(bc, head: LocalizerHead, train_ds: WSOLDataset, cfg, device, seed: int, progress: bool) -> dict:
@@ -148,12 +149,12 @@ def train_localizer(method, train_ds: WSOLDataset, device, progress: bool = True
     read = teacher_reading(bc, L.teacher)
     augmented.cached_masks = pseudo_masks(lambda x: feature_maps.with_flip(read, x, bc.features), plain, cfg,
                                           L.delta, device)
-    stats = {"teacher_area": float(torch.stack(augmented.cached_masks).float().mean())}
+    stats = {"teacher_area": float(augmented.cached_masks.float().mean())}
     for r in range(L.rounds):
         if r:  # self-training: relabel with the student's own maps
             augmented.cached_masks = pseudo_masks(lambda x: student_map(bc, method.localizer, x), plain, cfg,
                                                   L.relabel_delta, device)
-            stats[f"round{r}_area"] = float(torch.stack(augmented.cached_masks).float().mean())
+            stats[f"round{r}_area"] = float(augmented.cached_masks.float().mean())
         head = method.localizer
         for module in head.modules():  # each round's student starts afresh
             if hasattr(module, "reset_parameters"):

@@ -94,7 +94,7 @@ def test_two_stage_resumed_caches_the_masks_of_the_uninterrupted_run(make_tiny_c
 
     def spy(method, train_ds, device):
         masks = cache(method, train_ds, device)
-        cached.append(torch.stack(masks))
+        cached.append(masks.clone())  # one uint8 [N, side, side] tensor
         return masks
 
     monkeypatch.setattr(bc_ct, "cache_masks", spy)

@@ -42,17 +42,6 @@ def count_host_syncs(cuda: bool | None = None):
         saved.append((owner, name, owner.__dict__.get(name)))
         setattr(owner, name, counted)
 
-    def patch_index(name: str) -> None:
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, index, *rest):
-            if _has_bool_mask(index):
-                counts["bool_index"] += 1
-            return original(self, index, *rest)
-
-        saved.append((torch.Tensor, name, torch.Tensor.__dict__.get(name)))
-        setattr(torch.Tensor, name, counted)
-
     for name in COLLECTIVES:
         if hasattr(dist, name):
             patch(dist, name, "collectives")
@@ -61,8 +50,9 @@ def count_host_syncs(cuda: bool | None = None):
             patch(torch.Tensor, name, name.strip("_"))
         patch(torch, "equal", "equal")
         patch(torch, "nonzero", "nonzero")
-        patch_index("__getitem__")
-        patch_index("__setitem__")
+        # Boolean-mask indexing (a sync on CUDA) is not counted on the CPU: patching
+        # Tensor.__getitem__ and removing the patch leaves 0-d tensors looking like sequences
+        # to CPython (the sequence slot stays set), which breaks torch.tensor([...]) later.
     try:
         if cuda:
             previous = torch.cuda.get_sync_debug_mode()
@@ -83,8 +73,3 @@ def count_host_syncs(cuda: bool | None = None):
             else:
                 setattr(owner, name, original)
         counts["total"] = sum(v for k, v in counts.items() if k != "total")
-
-
-def _has_bool_mask(index) -> bool:
-    parts = index if isinstance(index, tuple) else (index,)
-    return any(torch.is_tensor(p) and p.dtype == torch.bool and p.dim() > 0 for p in parts)

@@ -68,3 +68,13 @@ def make_tiny_cfg(tiny_data):
         return cfg
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_cam_checkpoint(make_tiny_cfg, tmp_path_factory) -> Path:
+    """best.pt of a 1-epoch CAM run on the tiny set, shared read-only by the localize and export tests."""
+    from bcct.train import train
+
+    run = tmp_path_factory.mktemp("tiny_cam") / "cam"
+    train(make_tiny_cfg("epochs=1"), run, progress=False)
+    return run / "best.pt"

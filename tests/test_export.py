@@ -27,10 +27,8 @@ from bcct.train import train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def ckpt(make_tiny_cfg, tmp_path_factory):
-    run = tmp_path_factory.mktemp("export_run") / "cam"
-    train(make_tiny_cfg("epochs=1"), run, progress=False)
-    return run / "best.pt"
+def ckpt(tiny_cam_checkpoint):
+    return tiny_cam_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -24,15 +24,11 @@ from bcct.data.transforms import test_transform as make_test_transform
 from bcct.errors import BadInput
 from bcct.evaluate import predict
 from bcct.run import load_method
-from bcct.train import train
 
 
 @pytest.fixture(scope="module")
-def ckpt(make_tiny_cfg, tmp_path_factory):
-    """best.pt of a 1-epoch CAM run on the tiny set."""
-    run = tmp_path_factory.mktemp("loc_run") / "cam"
-    train(make_tiny_cfg("epochs=1"), run, progress=False)
-    return run / "best.pt"
+def ckpt(tiny_cam_checkpoint):
+    return tiny_cam_checkpoint
 
 
 @pytest.fixture(scope="module")

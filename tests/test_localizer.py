@@ -77,6 +77,9 @@ def test_localizer_needs_two_stage(make_tiny_cfg):
     cfg = make_tiny_cfg("localizer.enabled=true", "bcct.mode=end2end", method="bcct")
     with pytest.raises(BadInput, match="two_stage"):
         build_method(cfg, 3)
+    cfg = make_tiny_cfg("localizer.enabled=true", "localizer.teacher=cam", method="bcct")
+    with pytest.raises(BadInput, match="localizer.teacher='cam'"):  # refused before any training
+        build_method(cfg, 3)
 
 
 def test_bcct_trains_the_localizer_and_reports_its_box_readout(make_tiny_cfg, tmp_path):

@@ -27,7 +27,7 @@ from bcct.config import Config
 from bcct.ct_model import CTModel
 from bcct.errors import BadInput
 from bcct.gradient_map import bc_maps
-from bcct.localizer import LocalizerHead, box_map, train_localizer
+from bcct.localizer import TEACHERS, LocalizerHead, box_map, train_localizer
 from bcct.mask import bc_mask, decode_masks, delta_mask, mask_boxes
 from bcct.methods.base import Method, register
 from bcct.two_stage import cache_masks, train_bc
@@ -79,6 +79,8 @@ class BCCT(Method):
             if b.mode != "two_stage":
                 raise BadInput("localizer.enabled=true needs bcct.mode=two_stage (the localizer learns from the trained "
                                "BC model's masks before the CT stage)")
+            if cfg.localizer.teacher not in TEACHERS:
+                raise BadInput(f"localizer.teacher={cfg.localizer.teacher!r}: use one of {', '.join(TEACHERS)}")
             self.localizer = LocalizerHead(self.bc.features.out_channels, cfg.localizer.width)
             self.register_buffer("localizer_ready", torch.zeros((), dtype=torch.bool))
 

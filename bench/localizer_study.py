@@ -132,6 +132,13 @@ def largest_part(masks: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def box_agreement(a: torch.Tensor, tau_a: float, b: torch.Tensor, tau_b: float) -> np.ndarray:
+    """IoU of the boxes of two maps of each image, each cut at its own threshold."""
+    from bcct.boxes import box_at_threshold, box_iou, prepare_scoremap
+    return np.array([box_iou(box_at_threshold(prepare_scoremap(x.numpy()), tau_a)[0],
+                             box_at_threshold(prepare_scoremap(y.numpy()), tau_b)[0])[0, 0] for x, y in zip(a, b)])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
@@ -249,6 +256,21 @@ def main(argv=None) -> int:
         tau2 = score(hv.numpy(), va)["tau"]
         head2 = train_head(f_tr, fm_tr, largest_part(norm01(h_tr) >= tau2), seed=1)
         report(f"  ... self-training round 2", head_maps(head2, f_va, fm_va))
+        # the Background Image Set as the student's negatives: background crops, all-zero masks
+        bg_zero = torch.zeros(len(f_bg), *mask.shape[1:])
+        head_bg = train_head(torch.cat([f_tr, f_bg]), torch.cat([fm_tr, f_bg.flip(-1)]),
+                             torch.cat([mask.float(), bg_zero]))
+        hv_bg = head_maps(head_bg, f_va, fm_va)
+        report(f"  ... with background crops as negatives", hv_bg)
+        report(f"  ... with background negatives, averaged with its teacher", (hv_bg + norm01(t_va)) / 2)
+        if tname == "bc+norm":  # confident pseudo masks only: the BC and norm boxes agree
+            agree = box_agreement(norm01(bc_tr), rows["BC Grad-CAM (linear BC, flip)"]["tau"],
+                                  norm01(norm_tr), rows["feature_norm (flip)"]["tau"])
+            keep = torch.from_numpy(agree >= 0.75)
+            head_c = train_head(torch.cat([f_tr[keep], f_bg]), torch.cat([fm_tr[keep], f_bg.flip(-1)]),
+                                torch.cat([mask[keep].float(), bg_zero]))
+            report(f"  ... confident masks only ({int(keep.sum())} of {len(keep)}: BC and norm boxes IoU >= 0.75)"
+                   f" + background negatives", head_maps(head_c, f_va, fm_va))
     print(f"total {time.time() - t0:.0f} s")
     return 0
 

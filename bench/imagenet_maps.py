@@ -5,6 +5,9 @@ read for the classifier's own top-1 ImageNet class, scored on a CUB-layout set's
 from train, numbers on test.
 
     python bench/imagenet_maps.py --data ../shared/data/cub_dev
+
+On cub_dev it answered feature_norm (GT-known 64.1 vs cam's 53.1): that map is the default
+readout, cut at the threshold this script chose for it on val (0.41, ``imagenet.THRESHOLDS``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """``--checkpoint imagenet``: the pip-shipped EfficientNet-Lite0 ImageNet classifier gives the
-class, a training-free map the box; in bcct.load, bcct localize and bcct eval (an ILSVRC
-folder without train/, or wsolevaluation metadata, in ImageNet's standard class order)."""
+class, a training-free map the box (feature_norm by default, cam one option away); in bcct.load,
+bcct localize and bcct eval (an ILSVRC folder without train/, or wsolevaluation metadata, in
+ImageNet's standard class order)."""
 
 from __future__ import annotations
 
@@ -35,23 +36,46 @@ def test_the_classes_are_imagenets_in_the_standard_order():
     assert (wnids[0], wnids[285], names[285]) == ("n01440764", EGYPTIAN_CAT, "Egyptian cat")
 
 
+def test_feature_norm_is_the_default_map_with_its_val_chosen_cut(loc):
+    # feature_norm first (64.1 vs cam's 53.1 GT-known on cub_dev birds, bench/imagenet_maps.py),
+    # cut where that run's val split put it; cam one option away, at CAM's 20% rule
+    assert list(imagenet.MAPS) == list(loc.thresholds) == ["feature_norm", "cam"]
+    assert loc.thresholds == {"feature_norm": 0.41, "cam": 0.2}
+    assert loc.resolve() == ("feature_norm", 0.41) and loc.resolve(readout="cam") == ("cam", 0.2)
+
+
 def test_chelsea_is_a_cat_and_the_box_is_on_it(loc):
-    assert list(loc.thresholds) == list(imagenet.MAPS)  # every training-free map, the primary first
+    default = loc.localize(skimage_data.chelsea())[0]
+    assert (default.readout, default.threshold) == ("feature_norm", 0.41)
     for readout in imagenet.MAPS:
         pred = loc.localize(skimage_data.chelsea(), readout=readout)[0]
+        assert pred.readout == readout and pred.threshold == imagenet.THRESHOLDS[readout]
         assert any(i in CATS for i, _, _ in pred.top5)
         assert pred.class_index in CATS and "cat" in pred.class_name
         assert box_iou(pred.box, CAT_BOX)[0, 0] >= 0.5, (readout, pred.box)
+    assert np.allclose(default.box, loc.localize(skimage_data.chelsea(), readout="feature_norm")[0].box)
+    # the two maps are different maps: the class-agnostic norm is not the cat class's CAM
+    assert not np.allclose(default.map, loc.localize(skimage_data.chelsea(), readout="cam")[0].map)
 
 
 def test_localize_command_on_photos(tmp_path, capsys):
     Image.fromarray(skimage_data.chelsea()).save(tmp_path / "chelsea.png")
     out = tmp_path / "found"
     assert main(["localize", "--checkpoint", "imagenet", str(tmp_path / "chelsea.png"), "--out", str(out)]) == 0
+    assert "with the feature_norm readout (primary) at threshold 0.41" in capsys.readouterr().out
     result = json.loads((out / "boxes.json").read_text())
     (entry,) = result["images"]
     assert result["method"] == "imagenet" and entry["class_index"] in CATS
+    assert (result["readout"], result["readout_choice"], result["threshold"]) == ("feature_norm", "primary", 0.41)
+    assert box_iou(entry["boxes"][0], CAT_BOX)[0, 0] >= 0.5
     assert (out / entry["overlay"]).is_file()
+    cam_out = tmp_path / "found_cam"
+    assert main(["localize", "--checkpoint", "imagenet", str(tmp_path / "chelsea.png"), "--out", str(cam_out),
+                 "--readout", "cam"]) == 0
+    assert "with the cam readout (given) at threshold 0.2" in capsys.readouterr().out
+    cam = json.loads((cam_out / "boxes.json").read_text())
+    assert (cam["readout"], cam["threshold"]) == ("cam", 0.2) and cam["images"][0]["class_index"] in CATS
+    assert box_iou(cam["images"][0]["boxes"][0], CAT_BOX)[0, 0] >= 0.5
 
 
 def _voc(path, wnid: str, box, size) -> None:
@@ -108,8 +132,9 @@ def test_eval_scores_imagenet_photos(layout, ilsvrc, wsol, tmp_path, capsys):
     js = tmp_path / "m.json"
     assert main(["eval", "--checkpoint", "imagenet", "--data", str(root), "--split", "test", "--json", str(js)]) == 0
     m = json.loads(js.read_text())
-    assert m["method"] == "imagenet" and m["n_images"] == 2 and m["readout"] == next(iter(imagenet.MAPS))
+    assert m["method"] == "imagenet" and m["n_images"] == 2 and m["readout"] == "feature_norm"
     assert m["cls_top1"] == 1.0 and m["gt_known"] == 1.0 and m["top1_loc"] == 1.0
+    assert m["cam"]["gt_known"] == 1.0 and m["cam"]["top1_loc"] == 1.0  # the other map, nested under its name
     assert m["threshold_source"] == "given"  # chosen on the val split, not on test
     assert "top-1 loc" in capsys.readouterr().out
 
@@ -126,7 +151,10 @@ def test_imagenet_maps_export(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "imagenet.onnx"
     assert main(["export", "--checkpoint", "imagenet", "--out", str(out)]) == 0
-    pred = bcct.load(out).localize(skimage_data.chelsea())[0]
+    onnx = bcct.load(out)
+    assert onnx.readouts == list(imagenet.MAPS) and onnx.thresholds == imagenet.THRESHOLDS
+    pred = onnx.localize(skimage_data.chelsea())[0]
+    assert (pred.readout, pred.threshold) == ("feature_norm", 0.41)
     assert pred.class_index in CATS and box_iou(pred.box, CAT_BOX)[0, 0] >= 0.5
 
 
@@ -134,9 +162,11 @@ def test_the_demo_ends_on_real_photos(tmp_path):
     from bcct.demo import PHOTOS, localize_photos, photos_report
 
     photos = localize_photos(tmp_path)
+    assert (photos["readout"], photos["threshold"]) == ("feature_norm", 0.41)
     by_name = {e["path"].rsplit("/", 1)[1]: e for e in photos["images"]}
     assert sorted(by_name) == sorted(f"{n}.png" for n in PHOTOS)
     assert by_name["chelsea.png"]["class_index"] in CATS
     assert "espresso" in by_name["coffee.png"]["class_name"] or "cup" in by_name["coffee.png"]["class_name"]
     report = photos_report(photos)
     assert "| chelsea.png |" in report and "(photos/overlays/chelsea.png)" in report
+    assert "feature_norm map cut at 0.41" in report and "64.1%" in report and "bench/imagenet_maps.py" in report

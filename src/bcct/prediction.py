@@ -110,7 +110,8 @@ class BaseLocalizer:
         ``images``: one image or a list of them (what a localizer accepts: see its
         ``_image``); a 4-D array/tensor is a batch. ``threshold``: the fraction of the map's
         maximum (default: the one chosen on val during training); ``readout``: which score map
-        (default: the method's primary one, ``cam``); ``multi_box``: one box per contour
+        (default: the one best on val, else the method's primary one: ``cam`` for CAM,
+        ``feature_norm`` for ``imagenet``); ``multi_box``: one box per contour
         (MaxBoxAccV2 style) instead of the largest only. Always returns a list, one
         :class:`Prediction` per image, in order.
         """

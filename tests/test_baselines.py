@@ -193,6 +193,7 @@ def test_acol_has_two_classifiers_and_two_cross_entropies(make_tiny_cfg, batch):
     assert isinstance(method.head_a, class_maps.CAMHead) and isinstance(method.head_b, class_maps.CAMHead)
     assert method.head_a is not method.head_b
     loss, logs = method.training_step(batch)
+    logs = {k: float(v) for k, v in logs.items()}  # 0-d tensors on the device: the loop reads them every N steps
     assert logs["loss"] == pytest.approx(logs["cls_loss_a"] + logs["cls_loss_b"], rel=1e-5)
     loss.backward()
     assert method.head_a.classifier.weight.grad.abs().sum() > 0
@@ -231,6 +232,7 @@ def test_spg_bce_ignores_the_band():
 def test_spg_and_spg_plain(make_tiny_cfg, batch):
     spg = _method(make_tiny_cfg, "spg").train()
     _, logs = spg.training_step(batch)
+    logs = {k: float(v) for k, v in logs.items()}  # 0-d tensors on the device
     assert {"cls_loss", "spg_deep", "spg_shallow", "spg_c"} <= set(logs)
     assert logs["loss"] == pytest.approx(logs["cls_loss"] + logs["spg_deep"] + logs["spg_shallow"] + logs["spg_c"],
                                          rel=1e-5)
@@ -238,6 +240,7 @@ def test_spg_and_spg_plain(make_tiny_cfg, batch):
     assert out["side_shallow"].shape == (8, 8, 8) and out["side_deep"].shape == (8, 4, 4)  # stride 4 and 8
     plain = _method(make_tiny_cfg, "spg", "extra.spg.plain=true").train()
     _, logs = plain.training_step(batch)
+    logs = {k: float(v) for k, v in logs.items()}
     assert not any(k.startswith("spg_") for k in logs) and logs["loss"] == pytest.approx(logs["cls_loss"])
     assert sum(p.numel() for p in plain.parameters()) < sum(p.numel() for p in spg.parameters())
 

@@ -149,6 +149,8 @@ def test_training_step_reaches_bc_classifier_but_not_bc_backbone():
     fb = bc.features(torch.randn(2, 3, 32, 32))
     l, acc = bc_loss(bc, ft, fb)
     l.backward()
+    assert torch.is_tensor(acc) and acc.dim() == 0  # stays on the device with the step's logs (issue 17, defect 6)
+    acc = float(acc)
     assert ft.grad is None and 0 <= acc <= 1 and acc * 5 == pytest.approx(round(acc * 5))
 
 

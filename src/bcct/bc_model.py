@@ -42,8 +42,10 @@ class BCModel(nn.Module):
         return self.classifier(self.local(features).mean(dim=(2, 3))).squeeze(1)
 
 
-def bc_loss(model: BCModel, target_features: torch.Tensor, background_features: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Eq. 3 on equal numbers of target (1) and background (0) images; returns (loss, accuracy).
+def bc_loss(model: BCModel, target_features: torch.Tensor, background_features: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 3 on equal numbers of target (1) and background (0) images; returns (loss, accuracy),
+    the accuracy a 0-d tensor on the device (reading it would wait for the GPU).
 
     Features are detached: only the binary classifier learns, so the loss never reaches the
     frozen backbone or the input.
@@ -51,5 +53,5 @@ def bc_loss(model: BCModel, target_features: torch.Tensor, background_features: 
     feats = torch.cat([target_features, background_features]).detach()
     labels = torch.cat([torch.ones(len(target_features)), torch.zeros(len(background_features))]).to(feats.device)
     logits = model.classify(feats)
-    acc = ((logits > 0).float() == labels).float().mean().item()
+    acc = ((logits > 0).float() == labels).float().mean()
     return F.binary_cross_entropy_with_logits(logits, labels), acc

@@ -63,6 +63,7 @@ class OptimConfig:
     lr_step_epochs: int = 20  # divide by 10 every 20 epochs (paper 5.1)
     lr_gamma: float = 0.1
     checkpoint_every: int = 0  # also write last.pt every N optimisation steps (0: at epoch ends only); resume skips the steps done
+    log_every: int = 20  # read the step logs and the finiteness check back from the device every N steps (each read is a host sync)
 
 
 @dataclass
@@ -213,7 +214,7 @@ def _known(d: dict, schema, prefix: str, dropped: list[str]) -> dict:
 # are min-max normalised first, so this is 20% of the range. eval.threshold=T replaces it.
 NO_BOX_THRESHOLD = 0.2
 
-RESUME_HARMLESS = ("optim.epochs", "optim.checkpoint_every", "device", "data.root", "data.backgrounds",
+RESUME_HARMLESS = ("optim.epochs", "optim.checkpoint_every", "optim.log_every", "device", "data.root", "data.backgrounds",
                    "data.workers", "eval.batch_size")
 
 

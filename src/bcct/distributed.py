@@ -33,8 +33,10 @@ Choices (each one line in the loop, explained here):
   broadcast (identical even where GPU kernels are not bit-deterministic). The gradient-map
   cache is computed in shares (``shard_batches``) and all-gathered.
 - **A non-finite loss** on any process stops every process at the same step with the same
-  message (the losses are all-gathered before the backward pass, whose all-reduce would
-  otherwise wait forever for the stopped process).
+  message, naming the step it happened at: each process notes its first one on the device
+  (no host sync) and all read them together every ``optim.log_every`` steps, before a save
+  and at the epoch end (a process that stopped alone would leave the others waiting in the
+  gradient all-reduce). A stop request (Ctrl-C, SIGTERM) is agreed on at the same reads.
 - **Evaluation** is sharded by whole batches and gathered to rank 0 (bcct.evaluate), so
   its numbers equal one process's exactly; rank 0 broadcasts them.
 - **Only rank 0 writes** files and prints.
@@ -216,13 +218,15 @@ def all_gather_objects(obj) -> list:
     return out
 
 
-def all_values(value: float) -> list[float]:
-    """Every process's ``value`` in rank order, on every process (float64)."""
+def all_rows(row: torch.Tensor) -> list[list[float]]:
+    """Every process's 1-D ``row`` (float64, the same length everywhere) in rank order, on
+    every process: one collective and one host sync in all."""
     if not is_distributed():
-        return [float(value)]
-    parts = [torch.zeros(1, dtype=torch.float64, device=_comm_device()) for _ in range(world_size())]
-    dist.all_gather(parts, torch.tensor([float(value)], dtype=torch.float64, device=_comm_device()))
-    return [float(p.item()) for p in parts]
+        return [row.tolist()]
+    row = row.to(_comm_device(), torch.float64)
+    parts = [torch.zeros_like(row) for _ in range(world_size())]
+    dist.all_gather(parts, row)
+    return torch.stack(parts).tolist()
 
 
 def gather_objects(obj) -> list | None:

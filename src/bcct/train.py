@@ -12,7 +12,6 @@ more processes or data-loading workers, sees the same epochs.
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from pathlib import Path
@@ -40,10 +39,18 @@ def train_one_epoch(model, method, optimizer, scaler, loader, device, epoch: int
                     progress: bool = True) -> dict:
     """One pass over this process's share of the epoch from step ``first_step``; returns the
     mean logs over every process. ``save_last(step, meter)`` writes last.pt: every
-    ``optim.checkpoint_every`` steps, and when a stop was requested (then KeyboardInterrupt)."""
+    ``optim.checkpoint_every`` steps, and when a stop was requested (then KeyboardInterrupt).
+
+    A step never waits for the device: its logs and its finiteness check stay there and are
+    read every ``optim.log_every`` steps, before any save and at the epoch end (a NaN loss
+    stops the run at the next read, naming the step it happened at). With several
+    processes a stop request is agreed on at those reads too (one process alone stops at
+    the step it was asked)."""
     method.train()
     method.on_epoch_start(epoch)
     fmt = memory_format(device)
+    every, several = max(1, cfg.optim.log_every), distributed.is_distributed()
+    watch = LossWatch(device)
     bar = tqdm(loader, desc=f"epoch {epoch}", initial=first_step, total=first_step + len(loader), leave=False,
                disable=None if progress else True)
     for step, batch in enumerate(bar, start=first_step + 1):  # step: steps done once this one is
@@ -53,29 +60,52 @@ def train_one_epoch(model, method, optimizer, scaler, loader, device, epoch: int
             batch["background"] = next(backgrounds).to(device, non_blocking=True).contiguous(memory_format=fmt)
         with autocast(cfg.amp, device):
             loss, logs = model(batch)
-        check_finite(loss.item(), f"at epoch {epoch}, step {step}")
+        watch.update(loss, step)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         meter.update(logs)
-        bar.set_postfix(loss=f"{logs['loss']:.3f}")
-        stopping = distributed.any_rank(stop is not None and stop.requested)
-        if save_last is not None and (stopping or (cfg.optim.checkpoint_every and step % cfg.optim.checkpoint_every == 0)):
+        save_now = save_last is not None and bool(cfg.optim.checkpoint_every) and step % cfg.optim.checkpoint_every == 0
+        asked = stop is not None and stop.requested
+        stopping = False
+        if step % every == 0 or save_now or (asked and not several):
+            stopping = watch.check(epoch, asked)  # raises on a non-finite loss of any process
+            if not bar.disable:
+                bar.set_postfix(loss=f"{meter.mean('loss'):.3f}")
+        if save_last is not None and (stopping or save_now):
             save_last(step, meter)
         if stopping:
             raise KeyboardInterrupt
+    watch.check(epoch, False)
     return meter.reduced()
 
 
-def check_finite(loss: float, where: str) -> None:
-    """Stop on a NaN or infinite loss, on every process at once (a process that stopped alone
-    would leave the others waiting in the gradient all-reduce): the same message everywhere."""
-    losses = distributed.all_values(loss)
-    bad = [(r, v) for r, v in enumerate(losses) if not math.isfinite(v)]
-    if bad:
-        on = f" on rank {', '.join(str(r) for r, _ in bad)}" if len(losses) > 1 else ""
-        raise FloatingPointError(f"loss is {bad[0][1]}{on} {where}; lower the learning rate")
+class LossWatch:
+    """This process's first non-finite loss (its step and value), noted on the device without
+    a host sync; :meth:`check` reads it back on every process at once."""
+
+    def __init__(self, device: torch.device):
+        self.first = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=device)  # (step, loss); step -1: none
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        loss = loss.detach().double()
+        bad = ~torch.isfinite(loss) & (self.first[0] < 0)
+        self.first = torch.where(bad, torch.stack([torch.full_like(loss, step), loss]), self.first)
+
+    def check(self, epoch: int, stop: bool = False) -> bool:
+        """Stop on a NaN or infinite loss, on every process at once with the same message (a
+        process that stopped alone would leave the others waiting in the gradient
+        all-reduce). Else True when any process was asked to stop. One host sync, and one
+        collective with several processes."""
+        rows = distributed.all_rows(torch.cat([self.first, self.first.new_tensor([float(stop)])]))
+        bad = [(int(s), v, r) for r, (s, v, _) in enumerate(rows) if s >= 0]
+        if bad:
+            step, value, _ = min(bad)
+            ranks = ", ".join(str(r) for s, _, r in bad if s == step)
+            on = f" on rank {ranks}" if len(rows) > 1 else ""
+            raise FloatingPointError(f"loss is {value}{on} at epoch {epoch}, step {step}; lower the learning rate")
+        return any(row[2] for row in rows)
 
 
 def make_checkpoint(method, optimizer, scheduler, cfg: Config, epoch: int, class_names, thresholds, val,

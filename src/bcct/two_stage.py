@@ -48,7 +48,7 @@ def train_bc(method, train_ds: WSOLDataset, background_folder: str, device, prog
     stats = {}
     for epoch in range(cfg.bcct.bc_epochs):
         sampler.set_epoch(epoch)
-        sums = [0.0, 0.0, 0]  # loss, accuracy, steps
+        sums, steps = torch.zeros(2, dtype=torch.float64, device=device), 0  # loss, accuracy: on the device
         for batch_ in tqdm(loader, desc=f"BC epoch {epoch}", leave=False, disable=None if progress else True):
             with torch.no_grad():
                 ft = bc.features(batch_["image"].to(device))
@@ -58,8 +58,8 @@ def train_bc(method, train_ds: WSOLDataset, background_folder: str, device, prog
             loss.backward()
             distributed.average_gradients(params)
             opt.step()
-            sums = [sums[0] + loss.item(), sums[1] + acc, sums[2] + 1]
-        loss_sum, acc_sum, steps = distributed.all_sum(sums)
+            sums, steps = sums + torch.stack([loss.detach(), acc]).double(), steps + 1
+        loss_sum, acc_sum, steps = distributed.all_sum([*sums.tolist(), steps])  # one read an epoch
         stats = {"bc_epoch": epoch, "bc_loss": loss_sum / max(steps, 1), "bc_acc": acc_sum / max(steps, 1)}
         if progress:
             print(f"BC epoch {epoch}: loss {stats['bc_loss']:.3f} acc {stats['bc_acc']:.3f}", flush=True)

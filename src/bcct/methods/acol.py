@@ -91,8 +91,8 @@ class ACoL(Method):
         loss_a = F.cross_entropy(out["logits"], labels)
         loss_b = F.cross_entropy(out["logits_b"], labels)
         loss = loss_a + loss_b
-        erased = (out["attention"] >= self.params.erase_threshold).float().mean().item()
-        return loss, {"loss": loss.item(), "cls_loss_a": loss_a.item(), "cls_loss_b": loss_b.item(),
+        erased = (out["attention"] >= self.params.erase_threshold).float().mean().detach()
+        return loss, {"loss": loss.detach(), "cls_loss_a": loss_a.detach(), "cls_loss_b": loss_b.detach(),
                       "erased": erased, **cls_logs(out["logits"], labels)}
 
     def score_maps(self, out: dict, classes: torch.Tensor) -> dict[str, torch.Tensor]:

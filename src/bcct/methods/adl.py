@@ -155,7 +155,7 @@ class ADLMethod(Method):
     def training_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
         out = self.model(batch["image"])
         loss = F.cross_entropy(out["logits"], batch["label"])
-        return loss, {"loss": loss.item(), "cls_loss": loss.item(), **cls_logs(out["logits"], batch["label"])}
+        return loss, {"loss": loss.detach(), "cls_loss": loss.detach(), **cls_logs(out["logits"], batch["label"])}
 
     def score_maps(self, out: dict, classes: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"cam": class_maps.select(out["cams"], classes)}

@@ -122,7 +122,7 @@ class BCCT(Method):
             sure_bg = ~delta_mask(maps, b.delta * (1 - b.ignore_band))
             weight = (m | sure_bg).float()
         empty = ~m.flatten(1).any(1)
-        weight[empty] = 0
+        weight = weight.masked_fill(empty.view(-1, 1, 1), 0)  # no boolean index: that would sync
         return m, weight
 
     # -- two-stage: BC first, then cached gradient maps ------------------------------------
@@ -155,14 +155,15 @@ class BCCT(Method):
             # a batch of backgrounds, which halves the extra forward pass.
             l_bc, bc_acc = bc_loss(self.bc, target_feats[: len(bg_feats)], bg_feats)
             loss = loss + l_bc
-            logs.update(bc_loss=l_bc.item(), bc_acc=bc_acc)
+            logs.update(bc_loss=l_bc.detach(), bc_acc=bc_acc)
             m, weight = self.masks(maps)
 
         out = self.model(images)
         l_cls = F.cross_entropy(out["logits"], labels)
         loss = loss + l_cls
-        logs.update(cls_loss=l_cls.item(), acc=(out["logits"].argmax(1) == labels).float().mean().item(),
-                    mask_area=m.float().mean().item())
+        # logs stay on the device (0-d tensors): the loop reads them every optim.log_every steps
+        logs.update(cls_loss=l_cls.detach(), acc=(out["logits"].argmax(1) == labels).float().mean(),
+                    mask_area=m.float().mean())
         if self.mask_on:
             size = images.shape[-2:]
             l_mask = torch.zeros((), device=images.device)
@@ -173,8 +174,8 @@ class BCCT(Method):
                 a = class_maps.upsample(out["branch"], size)
                 l_mask = l_mask + mask_loss(a, m, weight, b.mask_loss)
             loss = loss + b.mask_weight * l_mask
-            logs["mask_loss"] = l_mask.item()
-        logs["loss"] = loss.item()
+            logs["mask_loss"] = l_mask.detach()
+        logs["loss"] = loss.detach()
         return loss, logs
 
     def mask_boxes(self, images: torch.Tensor) -> torch.Tensor:

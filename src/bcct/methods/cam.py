@@ -25,7 +25,7 @@ class CAM(Method):
         out = self(batch["image"])
         loss = F.cross_entropy(out["logits"], batch["label"])
         acc = (out["logits"].argmax(1) == batch["label"]).float().mean()
-        return loss, {"loss": loss.item(), "cls_loss": loss.item(), "acc": acc.item()}
+        return loss, {"loss": loss.detach(), "cls_loss": loss.detach(), "acc": acc}  # on the device
 
     def score_maps(self, out: dict, classes: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"cam": class_maps.select(out["cams"], classes)}

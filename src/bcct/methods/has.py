@@ -111,7 +111,7 @@ class HaS(Method):
         images, hidden = self.hide(batch["image"])
         out = self.model(images)
         loss = F.cross_entropy(out["logits"], batch["label"])
-        return loss, {"loss": loss.item(), "cls_loss": loss.item(), "hidden": hidden.float().mean().item(),
+        return loss, {"loss": loss.detach(), "cls_loss": loss.detach(), "hidden": hidden.float().mean().detach(),
                       **cls_logs(out["logits"], batch["label"])}
 
     def score_maps(self, out: dict, classes: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -187,12 +187,12 @@ class SPG(Method):
         images, labels = batch["image"], batch["label"]
         out = self(images)
         loss = l_cls = F.cross_entropy(out["logits"], labels)
-        logs = {"cls_loss": l_cls.item(), **cls_logs(out["logits"], labels)}
+        logs = {"cls_loss": l_cls.detach(), **cls_logs(out["logits"], labels)}
         if self.tap is not None:
             aux = self.guidance_losses(out, labels, images.shape[-2:])
             loss = loss + sum(aux.values())
-            logs.update({k: v.item() for k, v in aux.items()})
-        logs["loss"] = loss.item()
+            logs.update({k: v.detach() for k, v in aux.items()})
+        logs["loss"] = loss.detach()
         return loss, logs
 
     def score_maps(self, out: dict, classes: torch.Tensor) -> dict[str, torch.Tensor]:

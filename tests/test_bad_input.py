@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageFile
 
 from bcct import checkpoint
@@ -173,15 +174,17 @@ def test_corrupt_background_among_good_ones_is_named_when_the_set_is_built(tmp_p
     assert str(err.value).startswith(f"{bad}: cannot decode image")
 
 
-def test_background_broken_during_the_run_is_named_when_loaded(tmp_path):
+def test_background_broken_during_the_run_is_not_read_again(tmp_path):
+    """The set is decoded once when built (issue 17): a file broken on disk afterwards is
+    not read again, the set keeps its decoded copy."""
     folder = tmp_path / "bg"
     folder.mkdir()
     paths = [_jpeg(folder / f"b{i}.jpg", i) for i in range(2)]
     bg = BackgroundSet(folder, _identity)
-    assert tuple(bg[1].shape) == (3, 24, 24)
-    paths[1].write_bytes(b"")  # replaced on disk after the set was checked
-    with pytest.raises(BadInput, match=f"^{paths[1]}: file is empty"):
-        bg[1]
+    want = bg[1]
+    assert tuple(want.shape) == (3, 24, 24)
+    paths[1].write_bytes(b"")  # replaced on disk after the set was built
+    assert torch.equal(bg[1], want)
 
 
 def test_backgrounds_are_read_once_per_file_version(tmp_path, monkeypatch):
@@ -190,7 +193,7 @@ def test_backgrounds_are_read_once_per_file_version(tmp_path, monkeypatch):
     for i in range(3):
         _jpeg(folder / f"b{i}.jpg", i)
     calls = []
-    monkeypatch.setattr(background_set, "load_rgb", lambda p: calls.append(p) or load_rgb(p))
+    monkeypatch.setattr(background_set, "load_rgb", lambda p, **kw: calls.append(p) or load_rgb(p, **kw))
     BackgroundSet(folder, _identity)
     BackgroundSet(folder, _identity)  # every epoch builds the set again
     assert len(calls) == 3

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from bcct import checkpoint, distributed
 from bcct.config import NO_BOX_THRESHOLD, RESUME_HARMLESS, Config, from_dict, resume_differences, to_dict, to_yaml
-from bcct.data.background_set import background_batches, make_background_set
+from bcct.data.background_set import background_batches, crop_side, make_background_set
 from bcct.data.dataset import WSOLDataset, collate
 from bcct.data.readers import read_dataset
 from bcct.data.transforms import test_transform, train_transform
@@ -181,7 +181,8 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
     folder = cfg.data.backgrounds or str(Path(cfg.data.root) / "backgrounds")
     train_paths = [r.path for r in train_ds.records]
     if method.needs_backgrounds:  # a missing, empty or corrupt Background Image Set fails before anything is written
-        make_background_set(folder, train_paths, train_transform(cfg.data))
+        make_background_set(folder, train_paths, train_transform(cfg.data),
+                            side=crop_side(cfg.data.image_size, cfg.data.crop_scale))  # decoded once: the stream reuses it
 
     if not method.trainable:  # a training-free map: fit what it fits, choose its threshold on val, done
         return _record_only(method, cfg, out_dir, device, train_ds, val_ds, folder, wset.class_names, progress)

@@ -43,8 +43,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
+def load_rgb(path: str | Path, reduce_to: int | None = None) -> Image.Image:
     """Read ``path`` fully and return an RGB PIL image; raise :class:`BadInput` otherwise.
+    ``reduce_to``: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
+    far cheaper than decoding in full) as long as its shorter side stays >= ``reduce_to``.
 
     An image over :data:`MAX_PIXELS` is refused from its header, before any pixel is
     decoded (Pillow itself refuses at twice that size, inside ``Image.open``), so a small
@@ -63,6 +65,9 @@ def load_rgb(path: str | Path) -> Image.Image:
                         f"{path}: image is {img.width}x{img.height} pixels, over the "
                         f"{MAX_PIXELS} pixel guard (possible decompression bomb); downscale it"
                     )
+                if reduce_to:
+                    scale = max(1, min(img.size) // reduce_to)
+                    img.draft(img.mode, (img.width // scale, img.height // scale))
                 img.load()
                 return to_rgb(img)
     except BadInput:

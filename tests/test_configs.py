@@ -74,7 +74,9 @@ def test_paper_values(name):
     assert tuple(cfg.data.brightness) == tuple(cfg.data.saturation) == (0.6, 1.4)
     assert (cfg.model.backbone, cfg.model.pretrained, cfg.model.head_width) == ("vgg16", "imagenet", 1024)
     o = cfg.optim
-    assert (o.epochs, o.lr, o.lr_backbone, o.lr_step_epochs, o.lr_gamma) == (100, 1e-3, 1e-4, 20, 0.1)
+    scale = o.batch_size / 32  # the ILSVRC recipes scale the paper's rates with their batch (linear rule)
+    assert (o.epochs, o.lr_step_epochs, o.lr_gamma) == (100, 20, 0.1)
+    assert (o.lr, o.lr_backbone) == pytest.approx((1e-3 * scale, 1e-4 * scale))
     assert (o.momentum, o.weight_decay) == (0.9, 5e-4)
     assert cfg.eval.threshold is None and cfg.eval.threshold_step == 0.001
     if cfg.method == "bcct":

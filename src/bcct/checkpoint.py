@@ -6,6 +6,7 @@ import os
 import pickle
 import random
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,50 @@ def save_atomic(obj: dict, path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class BackgroundWriter:
+    """:func:`save_atomic` in a background thread, so training goes on while a checkpoint
+    (350 MB for VGG-16 BC-CT, fsync'd) is written. ``save`` waits for the previous write
+    (one at a time), copies every tensor to the CPU (later steps cannot change what is
+    written), then returns; ``wait`` blocks until the last write is done and raises its
+    error, if any."""
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, obj: dict, path: str | Path) -> None:
+        self.wait()
+        obj = _on_cpu(obj)
+
+        def write() -> None:
+            try:
+                save_atomic(obj, path)
+            except BaseException as exc:  # noqa: BLE001 - raised by wait() in the training thread
+                self._error = exc
+
+        self._thread = threading.Thread(target=write, name="bcct-checkpoint", daemon=False)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def _on_cpu(obj):
+    """A copy of ``obj`` whose tensors are CPU copies (dicts, lists and tuples followed)."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
 
 
 def load(path: str | Path) -> dict:

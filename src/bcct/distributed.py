@@ -30,8 +30,9 @@ Choices (each one line in the loop, explained here):
 - **Two-stage BC training** (``bcct.mode=two_stage``) runs in step on every process: each
   takes its share of the global batch (targets and backgrounds) and the classifier's
   gradients are averaged, so the steps are one process's; rank 0's BC weights are then
-  broadcast (identical even where GPU kernels are not bit-deterministic). The gradient-map
-  cache is computed in shares (``shard_batches``) and all-gathered.
+  broadcast (identical even where GPU kernels are not bit-deterministic). The mask cache
+  (one uint8 tensor) is computed in shares (``shard_batches``), each process filling its
+  rows, and summed over processes in chunks (``sum_shares``).
 - **A non-finite loss** on any process stops every process at the same step with the same
   message, naming the step it happened at: each process notes its first one on the device
   (no host sync) and all read them together every ``optim.log_every`` steps, before a save
@@ -245,6 +246,21 @@ def all_sum(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t)
     return t.tolist()
+
+
+def sum_shares(t: torch.Tensor, chunk_bytes: int = 64 * 2**20) -> None:
+    """In place: ``t`` summed over processes, where each process filled its own rows and left
+    zeros elsewhere (e.g. the two-stage mask cache), so every process ends with all rows. In
+    chunks of ``chunk_bytes`` through the communication device: nothing is pickled (unlike
+    ``all_gather_object``) and at most one chunk is held on the GPU."""
+    if not is_distributed():
+        return
+    flat = t.view(-1)
+    step = max(1, chunk_bytes // flat.element_size())
+    for start in range(0, flat.numel(), step):
+        part = flat[start:start + step].to(_comm_device())
+        dist.all_reduce(part)
+        flat[start:start + step] = part.to(flat.device)
 
 
 def any_rank(flag: bool) -> bool:

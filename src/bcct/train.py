@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -226,20 +227,22 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
             with open(log_path, "a") as fh:
                 fh.write(json.dumps({"epoch": -1, "prepare": prep_stats, "time_s": t_prepare}) + "\n")
 
+    writer = checkpoint.BackgroundWriter()  # mid-epoch last.pt is written while training goes on
+
     def save_last(epoch: int, step: int, meter: Averages) -> None:
         """last.pt mid-epoch: every process's random state and partial logs go with it."""
         states = distributed.gather_objects({"rng": checkpoint.rng_state(), "logs": meter.state()})
         if main:
             ckpt = make_checkpoint(method, optimizer, scheduler, cfg, epoch, wset.class_names, {}, {}, step, scaler,
                                    rng=[s["rng"] for s in states], logs=[s["logs"] for s in states])
-            checkpoint.save_atomic(ckpt, out_dir / "last.pt")
+            writer.save(ckpt, out_dir / "last.pt")
 
     backgrounds = None
     if method.needs_backgrounds:  # half a batch: the BC model takes as many targets (bcct.py)
         sampler.set_epoch(start_epoch)
         drawn = start_epoch * len(loader) + start_step  # one batch per step of every epoch before
         backgrounds = background_batches(cfg, folder, max(1, batch_size // 2), train_paths, key=(cfg.seed,), skip=drawn)
-    with GracefulStop() as stop:
+    with GracefulStop() as stop, _finally(writer.wait):
         for epoch in range(start_epoch, cfg.optim.epochs):
             t0 = time.time()
             first_step = start_step if epoch == start_epoch else 0
@@ -255,6 +258,7 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
             record = {"epoch": epoch, "time_s": round(time.time() - t0, 2), "lr": scheduler.get_last_lr(),
                       "train": train_logs, "val": _brief(val)}
             if main:
+                writer.wait()  # a mid-epoch last.pt still being written must not land after this one
                 ckpt = make_checkpoint(method, optimizer, scheduler, cfg, epoch, wset.class_names, epoch_thresholds, val,
                                        scaler=scaler)
                 if judged and _score(val, epoch, cfg.eval.select) >= best_score:
@@ -305,6 +309,15 @@ def _record_only(method, cfg: Config, out_dir: Path, device, train_ds, val_ds, f
         if progress:
             print(f"{cfg.method}: nothing to train; " + _line(record), flush=True)
     return {"val": val, "thresholds": thresholds}
+
+
+@contextmanager
+def _finally(fn):
+    """Run ``fn`` when the block ends, however it ends (e.g. wait for a checkpoint write)."""
+    try:
+        yield
+    finally:
+        fn()
 
 
 def _start_epoch_state(seed: int, epoch: int, rank: int, world: int, resumed: dict | None) -> Averages:

@@ -68,3 +68,34 @@ def test_checkpoints_are_written_while_training_goes_on(tmp_path, monkeypatch):
     assert written == [tmp_path / "last.pt"]
     assert torch.equal(checkpoint.load(tmp_path / "last.pt")["w"], torch.zeros(3))
 
+
+def test_acol_ct_has_stride_8_and_xavier_initialised_new_convs():
+    """model.backbone=vgg16_acol: ACoL's VGG-16 (3x3 stride-1 pool4 and pool5), 28x28 maps at
+    224 px (here 8x8 at 64 px); head_init auto -> xavier (zero biases; PyTorch's are not)."""
+    from bcct.ct_model import CTModel
+
+    cfg = load_config("cub_vgg16_bcct", ["model.backbone=vgg16_acol", "model.pretrained=none", "model.head_width=16"])
+    ct = CTModel(cfg.model, 5, mask_branch=True)
+    assert ct.backbone.stride == 8
+    out = ct(torch.zeros(1, 3, 64, 64))
+    assert out["cams"].shape == (1, 5, 8, 8) and out["branch"].shape == (1, 8, 8)
+    convs = [m for m in [*ct.head.modules(), *ct.branch.modules()] if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(float(m.bias.detach().abs().max()) == 0 for m in convs)
+    plain = CTModel(load_config("cub_vgg16_bcct", ["model.pretrained=none", "model.head_width=16"]).model, 5)
+    assert plain.backbone.stride == 16 and float(plain.head.classifier.bias.detach().abs().max()) > 0  # unchanged default
+
+
+def test_paper_bc_keeps_pool5_fc6_fc7_and_trains_only_the_final_fc():
+    cfg = load_config("cub_vgg16_bcct", ["model.pretrained=none", "bcct.bc_head=fc", "model.head_width=16"])
+    method = build_method(cfg, 5)
+    assert not method.bc.fc.training  # from construction: a resumed two-stage run caches masks before any .train()
+    method.train()
+    bc = method.bc
+    assert [type(m).__name__ for m in bc.fc] == ["MaxPool2d", "AdaptiveAvgPool2d", "Flatten", "Linear", "ReLU",
+                                                 "Dropout", "Linear", "ReLU", "Dropout"]
+    assert [n for n, p in bc.named_parameters() if p.requires_grad] == ["classifier.weight", "classifier.bias"]
+    assert bc.classifier.in_features == 4096 and not bc.fc.training
+    images = torch.randn(2, 3, 64, 64)
+    maps, feats, logits = method.gradient_maps(images)
+    assert maps.shape == (2, 64, 64) and feats.shape == (2, 512, 4, 4) and logits.shape == (2,)
+    assert method.frozen == ()  # random init: nothing to rebuild from, everything is saved

@@ -150,6 +150,36 @@ def vgg16(pretrained: str = "none") -> nn.Sequential:
     return _torchvision_vgg(tv_vgg16, VGG16_Weights, pretrained)
 
 
+@register("vgg16_acol")
+def vgg16_acol(pretrained: str = "none") -> nn.Sequential:
+    """ACoL's VGG-16 (Zhang et al., CVPR 2018; the paper's CT follows it): pool4 and pool5 are
+    3x3 max-pools of stride 1, so the stride is 8 (28x28 maps at 224 px); the convolutions
+    and their torchvision weights are VGG-16's. Use with ``model.head_init=xavier`` (ACoL's
+    init of the new convs; ``auto`` picks it for this backbone)."""
+    from torchvision.models import VGG16_Weights, vgg16 as tv_vgg16
+
+    feats = _torchvision_vgg(tv_vgg16, VGG16_Weights, pretrained)
+    assert isinstance(feats[23], nn.MaxPool2d)  # pool4 of torchvision's VGG-16 features
+    feats[23] = nn.MaxPool2d(3, stride=1, padding=1)
+    feats.append(nn.MaxPool2d(3, stride=1, padding=1))  # pool5, ACoL's 'N'
+    feats.out_channels, feats.stride = 512, 8
+    return feats
+
+
+def vgg16_fc(pretrained: str = "none") -> nn.Sequential:
+    """VGG-16 after its conv layers, without the last FC: pool5, the 7x7 average pool,
+    fc6 and fc7 with their ReLU and dropout, 4096 outputs; torchvision's ImageNet weights
+    with ``imagenet``. The paper's BC keeps these and replaces only the final FC."""
+    from torchvision.models import VGG16_Weights, vgg16 as tv_vgg16
+
+    weights = VGG16_Weights.IMAGENET1K_V1 if pretrained == "imagenet" else None
+    try:
+        model = tv_vgg16(weights=weights)
+    except TORCHVISION_LOAD_ERRORS as exc:
+        raise _offline_error(weights, exc) from None
+    return nn.Sequential(nn.MaxPool2d(2, 2), model.avgpool, nn.Flatten(1), *model.classifier[:-1])
+
+
 @register("vgg16_bn")
 def vgg16_bn(pretrained: str = "none") -> nn.Sequential:
     from torchvision.models import VGG16_BN_Weights, vgg16_bn as tv_vgg16_bn

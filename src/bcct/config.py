@@ -49,6 +49,7 @@ class ModelConfig:
     pretrained: str = "imagenet"  # imagenet | standin | none | PATH to a state-dict file
     head_width: int = 1024  # paper 5.1 (ACoL head): two 3x3 convs with 1024 filters
     head_bn: bool = False  # BatchNorm in the head (not in the paper; helps small CPU models)
+    head_init: str = "auto"  # new convs (CAM head, mask branch): default (PyTorch's) | xavier (ACoL's) | auto (xavier for vgg16_acol)
     train_from: str = ""  # CT backbone: freeze the layers before the first parameter named with this prefix (e.g. blocks.4); empty: fine-tune all
 
 
@@ -85,7 +86,8 @@ class BCCTConfig:
     bc_epochs: int = 3  # two-stage only: epochs of BC training before CT
     bc_lr: float = 1e-3
     bc_scale: float = 1.0  # BC model input scale; 0.5 runs BC at half resolution (about 4x cheaper, our addition)
-    bc_hidden: int = 0  # BC classifier: 0 = GAP + linear (paper); >0 = 1x1 conv + ReLU of this width first
+    bc_hidden: int = 0  # BC classifier: 0 = GAP + linear; >0 = 1x1 conv + ReLU of this width first
+    bc_head: str = "gap"  # gap (GAP + the classifier above) | fc (the paper's: VGG-16's pool5, fc6, fc7 kept frozen, only the final FC replaced)
     map: str = "input_gradient"  # BC map: input_gradient (Eq. 1) | grad_x_input | smoothgrad | gradcam (bcct/gradient_map.py)
     flip: bool = False  # average each map with that of the mirrored image
     reduce: str = "max"  # gradient channels -> one map: max of |g| (Simonyan et al.) | l2

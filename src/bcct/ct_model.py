@@ -8,6 +8,7 @@ from torch import nn
 from bcct import class_maps
 from bcct.backbones import build_backbone
 from bcct.config import ModelConfig
+from bcct.errors import BadInput
 
 
 class MaskBranch(nn.Module):
@@ -34,6 +35,15 @@ class CTModel(nn.Module):
         # layer"; we take the backbone features so it does not compete with the class maps.
         self.branch = MaskBranch(self.backbone.out_channels, cfg.head_width, cfg.head_bn) if mask_branch else None
         freeze_before(self.backbone, cfg.train_from)
+        init = cfg.head_init if cfg.head_init != "auto" else ("xavier" if cfg.backbone == "vgg16_acol" else "default")
+        if init == "xavier":  # ACoL's init of the new convs (xavier_uniform_, zero bias)
+            for m in [*self.head.modules(), *(self.branch.modules() if self.branch is not None else [])]:
+                if isinstance(m, nn.Conv2d):
+                    nn.init.xavier_uniform_(m.weight)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+        elif init != "default":
+            raise BadInput(f"model.head_init={cfg.head_init!r}: use auto, default or xavier")
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -67,10 +67,11 @@ class BCCT(Method):
         super().__init__(cfg, num_classes)
         b = cfg.bcct
         self.model = CTModel(cfg.model, num_classes, mask_branch=b.mask_target in ("branch", "both"))
-        self.bc = BCModel(cfg.model, b.bc_hidden)
+        self.bc = BCModel(cfg.model, b.bc_hidden, b.bc_head)
         # The BC backbone is never trained: checkpoints leave it out and loading rebuilds it from
         # the pretrained weights (a random one, model.pretrained=none, cannot be rebuilt: kept).
-        self.frozen = ("bc.features.",) if cfg.model.pretrained != "none" else ()
+        frozen = ("bc.features.", "bc.fc.") if b.bc_head == "fc" else ("bc.features.",)
+        self.frozen = frozen if cfg.model.pretrained != "none" else ()
         self.mask_on = True
         # two-stage: set once the BC model has been trained (saved with the checkpoint)
         self.register_buffer("bc_ready", torch.zeros((), dtype=torch.bool))

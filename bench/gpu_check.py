@@ -27,6 +27,7 @@ Random-init weights throughout (no download on the lent machine).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
@@ -35,7 +36,7 @@ import sys
 import tempfile
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +284,7 @@ def tiny_ilsvrc(root: Path, per_class: int, size: tuple[int, int], classes: int 
 
 
 def section_cli(s: Settings, out: dict, work: Path) -> None:
+    from bcct.cli import main as cli_main
     from bcct.demo import bc_figure
 
     data = tiny_ilsvrc(work / "ilsvrc", per_class=4 if s.dry else 16, size=(80, 64) if s.dry else (320, 240))
@@ -292,19 +294,20 @@ def section_cli(s: Settings, out: dict, work: Path) -> None:
     over = [f"image_size={s.size}", f"model.backbone={s.backbone}", "model.pretrained=none", f"amp={amp}",
             "optim.batch_size=4", "optim.checkpoint_every=1", "data.workers=0", "eval.batch_size=8",
             "data.val_fraction=0.5", f"device={s.device.type}"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     commands = {
         "train": ["train", *common, "--out", str(run), *over, "epochs=1"],
         "resume": ["train", *common, "--resume", str(run), *over, "epochs=2"],
         "eval": ["eval", "--checkpoint", str(run / "best.pt"), "--split", "test", "--json", str(work / "test.json")],
     }
-    for name, args in commands.items():
+    for name, args in commands.items():  # in this process: `bcct ...` is cli.main (no second torch import)
         t0 = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "bcct", *args], env=env, capture_output=True, text=True)
+        err = io.StringIO()
+        with redirect_stderr(err):
+            rc = cli_main(args)
         out[f"cli.{name}.seconds"] = round(time.perf_counter() - t0, 1)
-        out[f"cli.{name}.ok"] = done.returncode == 0
-        if done.returncode:
-            out[f"cli.{name}.error"] = (done.stderr or done.stdout)[-500:]
+        out[f"cli.{name}.ok"] = rc == 0
+        if rc:
+            out[f"cli.{name}.error"] = err.getvalue()[-500:]
             return
     out["cli.resume.epochs_logged"] = len((run / "metrics.jsonl").read_text().splitlines())
     t0 = time.perf_counter()
@@ -356,6 +359,7 @@ def section_cuda_tests(s: Settings, out: dict) -> None:
 def preload() -> None:
     """Import everything the sections use before any time cap runs: a cap that fired inside
     an import would leave a half-imported module for the next sections."""
+    import bcct.cli  # noqa: F401
     import bcct.demo  # noqa: F401
     import bcct.host_syncs  # noqa: F401
     import bcct.train  # noqa: F401

@@ -19,7 +19,8 @@ def test_gpu_check_dry_runs_every_section(tmp_path):
     assert done.returncode == 0 and not errors, (errors, done.stdout[-2000:], done.stderr[-2000:])
     sections = ("steps", "components", "amp_masks", "cli", "loader", "cuda_tests")
     assert all(f"{name}.seconds" in result for name in sections)
-    assert result["steps.bcct_end2end.fp32.host_syncs_per_step"] <= 2  # one step: the epoch end reads (logs, NaN check)
+    # one step: the epoch end's two reads (logs, NaN check) and, on the CPU only, scipy's labelling of the masks
+    assert result["steps.bcct_end2end.fp32.host_syncs_per_step"] <= 3
     assert result["components.64px.equal_to_scipy"] and result["components.16px.equal_to_scipy"]
     assert result["cli.resume.ok"] and result["cli.resume.epochs_logged"] == 2 and result["cli.demo_figure.ok"]
     assert "skipped" in result["cuda_tests.summary"] or "passed" in result["cuda_tests.summary"]

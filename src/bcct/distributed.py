@@ -210,15 +210,6 @@ def broadcast_object(obj):
     return box[0]
 
 
-def all_gather_objects(obj) -> list:
-    """Every process's ``obj`` in rank order, on every process."""
-    if not is_distributed():
-        return [obj]
-    out = [None] * world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def all_rows(row: torch.Tensor) -> list[list[float]]:
     """Every process's 1-D ``row`` (float64, the same length everywhere) in rank order, on
     every process: one collective and one host sync in all."""

@@ -169,10 +169,14 @@ def train_localizer(method, train_ds: WSOLDataset, device, progress: bool = True
     return stats
 
 
+@torch.no_grad()
 def box_map(method, images: torch.Tensor) -> torch.Tensor:
-    """The ``box`` readout [B,h,w]: the student's map, blended with the floor by ``localizer.blend``."""
-    m = student_map(method.bc, method.localizer, images)
-    blend = method.cfg.localizer.blend
-    if blend > 0:
-        m = (1 - blend) * m + blend * feature_norm_map(method.bc, images)
-    return m
+    """The ``box`` readout [B,h,w]: the student's map, blended with the floor by ``localizer.blend``;
+    the frozen features of the image and its mirror are computed once for both."""
+    blend, head = method.cfg.localizer.blend, method.localizer
+
+    def read(feats: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.sigmoid(head(feats.float())), feature_maps.feature_norm(feats)])
+
+    student, norm = feature_maps.with_flip(read, images, method.bc.features).unbind(0)
+    return (1 - blend) * student + blend * minmax(norm) if blend > 0 else student

@@ -293,7 +293,7 @@ def test_amp_values():
     assert amp_dtype("bf16") is torch.bfloat16 and amp_dtype("fp16") is torch.float16
     from bcct.errors import BadInput
 
-    with pytest.raises(BadInput, match="amp=true: use false, bf16"):
+    with pytest.raises(BadInput, match="amp=true: use false, auto .*, bf16"):
         amp_dtype("true")
 
 
@@ -323,14 +323,33 @@ def test_fp16_uses_a_grad_scaler_that_is_saved_and_restored(make_tiny_cfg, tmp_p
     assert checkpoint.load(run / "last.pt")["scaler"]["_growth_tracker"] > scaler["_growth_tracker"]
 
 
-def test_channels_last_only_on_cuda(make_tiny_cfg, tmp_path):
+def test_channels_last_on_cuda_and_cpu(make_tiny_cfg, tmp_path):
     assert memory_format(torch.device("cuda")) is torch.channels_last
     assert memory_format(torch.device("cuda", 1)) is torch.channels_last
-    assert memory_format(torch.device("cpu")) is torch.contiguous_format
+    assert memory_format(torch.device("cpu")) is torch.channels_last
+    assert memory_format(torch.device("mps")) is torch.contiguous_format
     run = tmp_path / "cpu"
     train(make_tiny_cfg("epochs=1"), run, progress=False)
-    weights = [v for v in checkpoint.load(run / "last.pt")["model"].values() if v.dim() == 4]
-    assert weights and all(w.is_contiguous() for w in weights)  # no channels_last on CPU
+    weights = [v for v in checkpoint.load(run / "last.pt")["model"].values() if v.dim() == 4 and v.shape[-1] > 1]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    from bcct.methods import build_method
+
+    fresh = build_method(make_tiny_cfg(), 3)  # a contiguous model loads channels_last weights
+    checkpoint.load_trained_state(fresh, checkpoint.load(run / "last.pt")["model"])
+
+
+def test_amp_auto_is_bf16_only_where_the_device_has_it_natively(monkeypatch, make_tiny_cfg, tmp_path, capsys):
+    from bcct import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: True)
+    assert amp_dtype("auto", cpu) is torch.bfloat16 and "bf16 autocast (amp=auto" in runtime.precision("auto", cpu)
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: False)
+    assert amp_dtype("auto", cpu) is None and runtime.precision("auto", cpu).startswith("fp32")
+    assert amp_dtype("auto") is None  # without a device the value is only checked
+    assert runtime.native_bf16(torch.device("mps")) is False
+    train(make_tiny_cfg("amp=auto", "epochs=1"), tmp_path / "auto")
+    assert "training steps in fp32 (amp=auto: this CPU has no native bf16)" in capsys.readouterr().out
 
 
 def test_cudnn_autotuning_only_on_cuda(monkeypatch):

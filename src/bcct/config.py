@@ -119,7 +119,7 @@ class Config:
     method: str = "cam"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    amp: str = "false"  # mixed precision in training: false | bf16 (A100/H100; CPU autocast) | fp16 (older GPUs; with loss scaling)
+    amp: str = "false"  # mixed precision in training: false | auto (bf16 where the device has it natively) | bf16 (A100/H100, CPUs with AMX) | fp16 (older GPUs; with loss scaling)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

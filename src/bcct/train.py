@@ -31,8 +31,8 @@ from bcct.errors import BadInput
 from bcct.evaluate import MASK_THRESHOLD, evaluate, has_boxes
 from bcct.meters import Averages
 from bcct.methods import METHODS, build_method
-from bcct.runtime import GracefulStop, amp_dtype, autocast, ignore_sigint, memory_format, resolve_device, seed_everything
-from bcct.runtime import tune_kernels
+from bcct.runtime import GracefulStop, amp_dtype, autocast, ignore_sigint, memory_format, precision, resolve_device
+from bcct.runtime import seed_everything, tune_kernels
 
 
 def train_one_epoch(model, method, optimizer, scaler, loader, device, epoch: int, cfg: Config, meter: Averages,
@@ -145,6 +145,8 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     amp_dtype(cfg.amp)  # a bad value fails before any work
     tune_kernels(device)
+    if progress:
+        print(f"{cfg.method}: training steps in {precision(cfg.amp, device)} on {device}", flush=True)
     batch_size = distributed.per_process_batch(cfg.optim.batch_size, world)
     seed_everything(cfg.seed)
 
@@ -189,7 +191,7 @@ def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, res
         return _record_only(method, cfg, out_dir, device, train_ds, val_ds, folder, wset.class_names, progress)
     optimizer = torch.optim.SGD(method.param_groups(), momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.optim.lr_step_epochs), gamma=cfg.optim.lr_gamma)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(cfg.amp) == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(cfg.amp, device) == torch.float16)
 
     start_epoch, start_step, resumed = 0, 0, None
     best_score, thresholds, best_val = -1.0, {}, {}

@@ -91,3 +91,16 @@ def test_localize_and_export_a_training_free_checkpoint(make_tiny_cfg, tmp_path,
     assert len(entry["boxes"]) == 1 and (tmp_path / "loc" / entry["overlay"]).is_file()
     with pytest.raises(BadInput, match="no classifier"):
         export_onnx(run / "best.pt", tmp_path / "fn.onnx")
+
+
+def test_a_training_free_run_is_reused_whatever_the_training_precision(make_tiny_cfg, tmp_path):
+    """bcct table / bench_real reuse a finished run of the same config; amp changes nothing
+    a training-free method computes, so a run made in fp32 serves an amp=auto table."""
+    from bcct.table import train_or_reuse
+
+    run = tmp_path / "fn"
+    assert train_or_reuse(make_tiny_cfg(method="feature_norm"), run, progress=False) == "trained"
+    assert train_or_reuse(make_tiny_cfg("amp=auto", method="feature_norm"), run, progress=False) == "reused"
+    cam = tmp_path / "cam"
+    assert train_or_reuse(make_tiny_cfg("epochs=1"), cam, progress=False) == "trained"
+    assert train_or_reuse(make_tiny_cfg("epochs=1", "amp=bf16"), cam, progress=False) == "trained"

@@ -64,10 +64,15 @@ def resolve_methods(methods: list[str]) -> list[tuple[str, str, list[str]]]:
 
 
 def _comparable(cfg: Config) -> dict:
-    """The parts of a config that change what a run trains (not evaluation or loading)."""
+    """The parts of a config that change what a run trains (not evaluation or loading; not
+    the training precision of a method that trains nothing)."""
+    from bcct.methods import METHODS
+
     d = to_dict(cfg)
     for key in ("eval", "device"):
         d.pop(key, None)
+    if not getattr(METHODS.get(cfg.method), "trainable", True):
+        d.pop("amp", None)
     d["data"].pop("workers", None)
     return d
 
@@ -95,9 +100,12 @@ def train_or_reuse(cfg: Config, run_dir: Path, progress: bool = True) -> str:
     ``reused`` | ``resumed`` (same config, unfinished: continue from last.pt) | ``trained``."""
     from bcct.train import train
 
+    from bcct.methods import METHODS
+
     saved = _saved_config(run_dir)
     same = saved is not None and _comparable(saved) == _comparable(cfg)
-    if same and (run_dir / "best.pt").is_file() and _finished_epochs(run_dir) >= cfg.optim.epochs:
+    epochs = cfg.optim.epochs if getattr(METHODS.get(cfg.method), "trainable", True) else 1  # a record-only run: 1
+    if same and (run_dir / "best.pt").is_file() and _finished_epochs(run_dir) >= epochs:
         return "reused"
     resume = same and (run_dir / "last.pt").is_file()
     if saved is not None and not same and progress:

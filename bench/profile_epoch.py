@@ -13,6 +13,7 @@ Run it alone (the numbers are meaningless beside a test suite or a training):
 
     python bench/profile_epoch.py --data ../shared/data/cub_dev --backgrounds ../shared/data/backgrounds
         [--method cam] [--steps 6] [override=value ...]
+    python bench/profile_epoch.py --data ... --method bcct --stand-in-masks   # the CT stage, no BC stage
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from bcct.data.dataset import WSOLDataset, collate
 from bcct.data.readers import read_dataset
 from bcct.data.transforms import test_transform, train_transform
 from bcct.evaluate import evaluate
+from bcct.mask import mask_codes
 from bcct.methods import build_method
 from bcct.runtime import autocast
+from bcct.two_stage import CACHE_REDUCTION
 
 
 def time_loader(train_ds, batch_size: int, workers: int, seed: int) -> float:
@@ -73,6 +76,8 @@ def main() -> None:
     parser.add_argument("--method", default="cam")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per (precision, layout)")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: data,step,val")
+    parser.add_argument("--stand-in-masks", action="store_true",
+                        help="bcct two-stage: random cached masks instead of the BC stage (the CT step's cost only)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -89,16 +94,24 @@ def main() -> None:
     steps_per_epoch = len(train_ds) // b
     out["train_images"], out["steps_per_epoch"] = len(train_ds), steps_per_epoch
 
+    method = build_method(cfg, wset.num_classes)
+    device = torch.device("cpu")
+    if args.stand_in_masks and args.method == "bcct" and cfg.bcct.mode == "two_stage":
+        # The CT stage's cost does not depend on which pixels the cached BC masks mark: random
+        # codes at the cache's size stand in for the BC stage (bcct.two_stage.cache_masks).
+        side = cfg.data.image_size // CACHE_REDUCTION
+        fg = torch.rand(len(train_ds), side, side) < 0.4
+        train_ds.cached_masks = mask_codes(fg, (torch.rand(fg.shape) < 0.9).float())
+    elif method.needs_backgrounds or method.trainable is False:
+        start = time.perf_counter()
+        method.prepare(train_ds, cfg.data.backgrounds, device, False)
+        out["prepare_s"] = round(time.perf_counter() - start, 2)
+
     if "data" not in skip:
         for workers in sorted({cfg.data.workers, 0}):
             out[f"data_epoch_s_workers{workers}"] = round(time_loader(train_ds, b, workers, cfg.seed), 2)
-
-    method = build_method(cfg, wset.num_classes)
-    device = torch.device("cpu")
-    if method.needs_backgrounds or method.trainable is False:
-        method.prepare(train_ds, cfg.data.backgrounds, device, False)
     if "step" not in skip:
-        batch = collate([train_ds[i] for i in range(b)])
+        batch = collate([train_ds[i] for i in range(b)])  # with its cached masks, if any
         method.train()
         for amp in ("false", "bf16"):
             for name, layout in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):

@@ -248,7 +248,8 @@ def methods_figure(out: Path, thresholds: dict[str, dict[str, float]], path: Pat
     overlay_grid(rows, path, row_labels)
 
 
-def _paper_section(labels: list[str]) -> str:
+def paper_section(labels: list[str]) -> str:
+    """The paper's own numbers (VGG-16 / GoogLeNet, full data sets) for the rows in ``labels``."""
     lines = ["| our row | paper row | ILSVRC val top-1 / top-5 loc err (Table 1) | CUB test top-1 / top-5 loc err (Table 2) |",
              "|---|---|---|---|"]
     for label in labels:
@@ -279,7 +280,7 @@ def _markdown(results: dict, data: Path, config: str, overrides: list[str], swee
         sweep_text,
         "## The paper's reported numbers (other data and backbones; for orientation only)",
         "",
-        _paper_section(list(results)),
+        paper_section(list(results)),
         "",
         f"![methods]({figure})",
         "",

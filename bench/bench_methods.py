@@ -14,6 +14,15 @@ reported, so that load from other processes on the machine hits all of them alik
   the step: masks from the cached maps and the mask loss only.
 
     python bench/bench_methods.py [--size 64] [--batch 32] [--steps 20] [--threads 1]
+
+``--config cub_cpu`` times every method of the paper's comparison instead (``cam``,
+``backprop``, ``has``, ``acol``, ``spg_plain``, ``spg``, ``adl`` and BC-CT's two-stage CT step)
+with that recipe's backbone (EfficientNet-Lite0, its frozen stages), input size, batch,
+precision (``amp``) and memory layout, exactly as ``bcct.train`` steps them, and prints each
+one's epoch time on ``--train-images`` images as steps x median step (data loading and val
+are the same for every method: ``bench/profile_epoch.py`` times them):
+
+    python bench/bench_methods.py --config cub_cpu --threads 2 --steps 8
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ import torch
 from bcct.config import load_config
 from bcct.mask import mask_codes
 from bcct.methods import build_method
+from bcct.runtime import autocast, memory_format
+from bcct.table import VARIANTS
 
 NUM_CLASSES = 10
 WARMUP = 3
@@ -37,35 +48,92 @@ TARGETS = {"bcct two-stage": 1.05, "bcct two-stage (cam target)": 1.05,
            "bcct end2end": 1.6, "bcct end2end (cam target)": 1.6, "bcct end2end, BC at 0.5x": 1.6}
 
 
-def make_method(size: int, batch: int, *overrides: str, method: str):
-    cfg = load_config("synth", [f"image_size={size}", f"batch_size={batch}", *overrides], method=method)
+CPU = torch.device("cpu")
+# The paper's comparison (Tables 1-2) plus ADL, every one with the cub_cpu recipe.
+COMPARISON = ("cam", "backprop", "has", "acol", "spg_plain", "spg", "adl")
+
+
+def make_method(size: int, batch: int, *overrides: str, method: str, config: str = "synth"):
+    cfg = load_config(config, [f"image_size={size}", f"batch_size={batch}", *overrides], method=method)
     cfg.model.pretrained = "none"  # random init: no weights file, same backbone for all
-    m = build_method(cfg, num_classes=NUM_CLASSES).train()
+    m = build_method(cfg, num_classes=NUM_CLASSES).train().to(memory_format=memory_format(CPU))
     opt = torch.optim.SGD(m.param_groups(), momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
-    return m, opt
+    return m, opt, cfg.amp
 
 
-def step(method, opt, batch: dict) -> float:
-    """One timed training step (what ``bcct.train.train_one_epoch`` does per batch); seconds."""
+def step(method, opt, amp, batch: dict) -> float:
+    """One timed training step (what ``bcct.train.train_one_epoch`` does per batch: the
+    recipe's autocast, then backward and SGD in full precision); seconds."""
     start = time.perf_counter()
-    loss, _ = method.training_step(batch)
+    with autocast(amp, CPU):
+        loss, _ = method.training_step(batch)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     return time.perf_counter() - start
 
 
+def comparison(config: str, batch: int, size: int | None) -> tuple[dict, dict, str]:
+    """Every method of the comparison with ``config``'s recipe, and its batch."""
+    cfg = load_config(config)
+    s = size or cfg.data.image_size
+    images = torch.randn(batch, 3, s, s).contiguous(memory_format=memory_format(CPU))
+    labels = torch.randint(0, NUM_CLASSES, (batch,))
+    methods = {}
+    for name in COMPARISON:
+        method, extra = VARIANTS.get(name, (name, []))
+        methods[name] = make_method(s, batch, *extra, method=method, config=config)
+    methods["bcct two-stage (CT step)"] = make_method(s, batch, "bcct.mode=two_stage", method="bcct", config=config)
+    batches = {name: {"image": images, "label": labels} for name in COMPARISON}
+    # The CT step's cost does not depend on which pixels the cached BC masks mark: random
+    # codes stand in for the BC stage (at the input's size, as the train transform crops and
+    # resizes the cached masks with their images).
+    fg = torch.rand(batch, s, s) < 0.4
+    batches["bcct two-stage (CT step)"] = {"image": images, "label": labels,
+                                           "cached_mask": mask_codes(fg, (torch.rand(fg.shape) < 0.9).float())}
+    return methods, batches, f"{config} recipe (efficientnet_lite0 random init, amp={cfg.amp}), input {s}x{s}"
+
+
+def interleaved(methods: dict, batches: dict, steps: int, what: str) -> dict[str, list[float]]:
+    """Step times per method, in rounds (A B C A B C ...) after the warm-up rounds."""
+    print(f"{what}, {WARMUP} warm-up + {steps} timed steps per method, interleaved")
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for r in range(WARMUP + steps):
+        for name, (m, opt, amp) in methods.items():
+            t = step(m, opt, amp, batches[name])
+            if r >= WARMUP:
+                times[name].append(t)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=64, help="input size S (images S x S)")
+    parser.add_argument("--size", type=int, default=None, help="input size S (images S x S; 64, or the --config's)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per method")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", default=None,
+                        help="e.g. cub_cpu: time every method of the comparison with that recipe (its input size "
+                             "unless --size is given)")
+    parser.add_argument("--train-images", type=int, default=600, help="epoch = train images // batch steps "
+                        "(600: cub_dev's 750 train images less the 150 carved for val)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    b, s = args.batch, args.size
+    if args.config:
+        methods, batches, what = comparison(args.config, args.batch, args.size)
+        times = interleaved(methods, batches, args.steps, f"torch {torch.__version__}, {torch.get_num_threads()} "
+                            f"thread(s), {what}, batch {args.batch}")
+        steps = args.train_images // args.batch
+        med = {name: statistics.median(ts) for name, ts in times.items()}
+        print(f"\n{'method':<26} {'s/step':>7} {'IQR s':>11} {'x CAM':>6} {f'epoch s ({steps} steps)':>18}")
+        for name, ts in times.items():
+            q1, _, q3 = statistics.quantiles(ts, n=4)
+            print(f"{name:<26} {med[name]:7.3f} {f'{q1:.2f}-{q3:.2f}':>11} {med[name] / med['cam']:6.2f} "
+                  f"{steps * med[name]:18.1f}")
+        return
+    b, s = args.batch, args.size or 64
 
     images = torch.randn(b, 3, s, s)
     labels = torch.randint(0, NUM_CLASSES, (b,))
@@ -94,14 +162,8 @@ def main() -> None:
         "bcct end2end, BC at 0.5x": {"image": images, "label": labels, "background": backgrounds},
     }
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), small_vgg (random init), "
-          f"batch {b}, input {s}x{s}, {WARMUP} warm-up + {args.steps} timed steps per method, interleaved")
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for r in range(WARMUP + args.steps):
-        for name, (m, opt) in methods.items():
-            t = step(m, opt, batches[name])
-            if r >= WARMUP:
-                times[name].append(t)
+    times = interleaved(methods, batches, args.steps, f"torch {torch.__version__}, {torch.get_num_threads()} "
+                        f"thread(s), small_vgg (random init), batch {b}, input {s}x{s}")
 
     med = {name: statistics.median(ts) for name, ts in times.items()}
     print(f"\n{'method':<28} {'ms/step':>9} {'IQR ms':>13} {'images/s':>9} {'x CAM':>7}")

@@ -40,14 +40,19 @@ METRICS = (("top1_loc", "top-1 loc"), ("top5_loc", "top-5 loc"), ("gt_known", "G
            ("mask_iou50", "mask IoU50"))
 
 
-def _train_seconds(run_dir: Path) -> float | None:
-    """Wall time of a finished run from its metrics log (so a reused run still reports it)."""
+def _stage_seconds(run_dir: Path) -> dict[str, float] | None:
+    """A finished run's training time from its own metrics log, the same for a run trained
+    now and a reused one: ``{"total", "prepare", "epochs"}`` seconds, where ``prepare`` is the
+    record before the first epoch (BC-CT's BC stage, its localizer and mask cache) and
+    ``epochs`` every epoch (the last one with its val scoring). Process start-up, reading the
+    data list and building the model (10-20 s) are not in the log."""
     log = run_dir / "metrics.jsonl"
     if not log.is_file():
         return None
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    secs = [r["time_s"] for r in rows if "time_s" in r]  # every epoch and the BC stage (epoch -1)
-    return round(sum(secs), 1) if secs else None
+    prepare = sum(r["time_s"] for r in rows if "time_s" in r and r.get("epoch") == -1)
+    epochs = sum(r["time_s"] for r in rows if "time_s" in r and r.get("epoch", -1) >= 0)
+    return {"total": round(prepare + epochs, 1), "prepare": round(prepare, 1), "epochs": round(epochs, 1)}
 
 
 def readout_rows(label: str, m: dict) -> list[tuple[str, dict]]:
@@ -72,9 +77,13 @@ def seed_table(per_seed: list[dict], out: Path) -> list[str]:
     the seeds, and train minutes (mean over seeds)."""
     rows: dict[str, dict[str, list]] = {}
     minutes: dict[str, list[float]] = {}
+    staged: dict[str, list[dict]] = {}  # BC-CT runs: their BC stage, then the CT epochs
     for k, results in enumerate(per_seed):
         for label, m in results.items():
-            secs = m.get("train_seconds") or _train_seconds(out / f"seed{k}" / "runs" / label)
+            stages = _stage_seconds(out / f"seed{k}" / "runs" / label)
+            secs = stages["total"] if stages else m.get("train_seconds")
+            if stages and stages["prepare"] > 0 and m.get("method") == "bcct":
+                staged.setdefault(label, []).append(stages)
             for name, r in readout_rows(label, m):
                 cols = rows.setdefault(name, {key: [] for key, _ in METRICS})
                 for key, _ in METRICS:
@@ -87,19 +96,29 @@ def seed_table(per_seed: list[dict], out: Path) -> list[str]:
         mins = minutes.get(name)
         lines.append(f"| {name} | " + " | ".join(mean_std(cols[key]) for key, _ in METRICS)
                      + f" | {'-' if not mins else f'{np.mean(mins):.1f}'} | {len(cols['gt_known'])} |")
+    lines += ["", "Train min: the sum of each run's own logged stages (metrics.jsonl; for a training-free row, "
+              "fitting it and choosing its threshold on val), mean over seeds; a time means something only if "
+              "the run had the machine to itself."]
+    for label, runs in staged.items():
+        prep = np.array([r["prepare"] for r in runs]) / 60
+        ep = np.array([r["epochs"] for r in runs]) / 60
+        lines.append(f"{label}: the stage before its epochs (BC model, localizer, mask cache) "
+                     f"{prep.mean():.1f} min, its epochs (the CT stage) {ep.mean():.1f} min "
+                     f"(runs: {', '.join(f'{a:.1f} + {b:.1f}' for a, b in zip(prep, ep))}).")
     return lines
 
 
-def _saved_table(seed_dir: Path, methods: list[str]) -> dict:
-    """``{label: metrics}`` of ``methods`` from the table.json an earlier run wrote in ``seed_dir``."""
+def _saved_table(seed_dir: Path, methods: list[str], every: bool) -> dict:
+    """``{label: metrics}`` of ``methods`` from the table.json an earlier run wrote in ``seed_dir``;
+    ``every``: each method must be there (seed 0), else a method missing counts one run fewer."""
     path = seed_dir / "table.json"
     if not path.is_file():
         sys.exit(f"{path}: no table to print; run bench_real.py without --from-tables first")
     saved = json.loads(path.read_text())
     missing = [m for m in methods if m not in saved]
-    if missing:
+    if missing and every:
         sys.exit(f"{path}: has no row for {', '.join(missing)}; run bench_real.py without --from-tables for them")
-    return {m: saved[m] for m in methods}
+    return {m: saved[m] for m in methods if m in saved}
 
 
 def main(argv=None) -> int:
@@ -112,7 +131,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=1, help="runs per method, seeds 0..N-1 (each carves its own val split)")
     ap.add_argument("--from-tables", action="store_true",
                     help="no training and no test evaluation: print the table from the OUT/seedK/table.json files "
-                         "an earlier run wrote (the BC-mask sweeps and figures are recomputed)")
+                         "an earlier run wrote (the BC-mask sweeps and figures are recomputed); a method seed 0 has and "
+                         "seed K does not counts one run fewer (baselines run with --seeds 1 beside 3-seed rows)")
     ap.add_argument("overrides", nargs="*", help="key=value for every method")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -121,7 +141,7 @@ def main(argv=None) -> int:
     per_seed = []
     for k in range(args.seeds):
         if args.from_tables:
-            per_seed.append(_saved_table(out / f"seed{k}", methods))
+            per_seed.append(_saved_table(out / f"seed{k}", methods, every=k == 0))
             continue
         per_seed.append(run_table(out / f"seed{k}", data=args.data, methods=methods, config=args.config,
                                   overrides=[f"data.backgrounds={args.backgrounds}", f"seed={k}", *args.overrides]))

@@ -106,6 +106,19 @@ def interleaved(methods: dict, batches: dict, steps: int, what: str) -> dict[str
     return times
 
 
+def report(times: dict[str, list[float]], batch: int, steps_per_epoch: int | None = None) -> dict[str, float]:
+    """Print each method's median step (its IQR, images/s, ratio to CAM and, given
+    ``steps_per_epoch``, the epoch it makes); returns the medians."""
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    epoch = f" {f'epoch s ({steps_per_epoch} steps)':>18}" if steps_per_epoch else ""
+    print(f"\n{'method':<28} {'ms/step':>9} {'IQR ms':>13} {'images/s':>9} {'x CAM':>7}{epoch}")
+    for name, ts in times.items():
+        q1, _, q3 = statistics.quantiles(ts, n=4)
+        print(f"{name:<28} {1e3 * med[name]:9.1f} {f'{1e3 * q1:.0f}-{1e3 * q3:.0f}':>13} {batch / med[name]:9.1f} "
+              f"{med[name] / med['cam']:7.2f}" + (f" {steps_per_epoch * med[name]:18.1f}" if steps_per_epoch else ""))
+    return med
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=None, help="input size S (images S x S; 64, or the --config's)")
@@ -125,13 +138,7 @@ def main() -> None:
         methods, batches, what = comparison(args.config, args.batch, args.size)
         times = interleaved(methods, batches, args.steps, f"torch {torch.__version__}, {torch.get_num_threads()} "
                             f"thread(s), {what}, batch {args.batch}")
-        steps = args.train_images // args.batch
-        med = {name: statistics.median(ts) for name, ts in times.items()}
-        print(f"\n{'method':<26} {'s/step':>7} {'IQR s':>11} {'x CAM':>6} {f'epoch s ({steps} steps)':>18}")
-        for name, ts in times.items():
-            q1, _, q3 = statistics.quantiles(ts, n=4)
-            print(f"{name:<26} {med[name]:7.3f} {f'{q1:.2f}-{q3:.2f}':>11} {med[name] / med['cam']:6.2f} "
-                  f"{steps * med[name]:18.1f}")
+        report(times, args.batch, steps_per_epoch=args.train_images // args.batch)
         return
     b, s = args.batch, args.size or 64
 
@@ -165,12 +172,7 @@ def main() -> None:
     times = interleaved(methods, batches, args.steps, f"torch {torch.__version__}, {torch.get_num_threads()} "
                         f"thread(s), small_vgg (random init), batch {b}, input {s}x{s}")
 
-    med = {name: statistics.median(ts) for name, ts in times.items()}
-    print(f"\n{'method':<28} {'ms/step':>9} {'IQR ms':>13} {'images/s':>9} {'x CAM':>7}")
-    for name, ts in times.items():
-        q1, _, q3 = statistics.quantiles(ts, n=4)
-        print(f"{name:<28} {1e3 * med[name]:9.1f} {f'{1e3 * q1:.0f}-{1e3 * q3:.0f}':>13} {b / med[name]:9.1f} "
-              f"{med[name] / med['cam']:7.2f}")
+    med = report(times, b)
     print()
     for name, limit in TARGETS.items():
         ratio = med[name] / med["cam"]

@@ -362,6 +362,26 @@ def test_cudnn_autotuning_only_on_cuda(monkeypatch):
     assert torch.backends.cudnn.benchmark is True
 
 
+def test_cpu_runs_keep_freed_memory_for_the_next_batch(monkeypatch):
+    """On glibc, tune_kernels(cpu) raises malloc's mmap and trim thresholds (a 250 MB
+    activation is then reused, not page-faulted in afresh every batch); elsewhere it is a no-op."""
+    import ctypes
+    import platform
+
+    from bcct import runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    runtime.tune_kernels(torch.device("cpu"))
+    runtime.tune_kernels(torch.device("cuda", 1))
+    assert calls == [1]
+    monkeypatch.undo()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert runtime.keep_freed_memory() is True  # glibc took both settings
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: (_ for _ in ()).throw(OSError(name)))
+    assert runtime.keep_freed_memory() is False
+
+
 # ------------------------------------------------------------------- a diverged process
 
 

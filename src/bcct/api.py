@@ -8,7 +8,8 @@
 Every image goes through the checkpoint's test transform (the one the evaluator uses), the
 map of the *predicted* class is read out, prepared exactly as the evaluator prepares it
 (bicubic to 224x224, min-max, uint8 quantisation; :mod:`bcct.boxes`) and cut at the
-threshold chosen on the held-out val split during training. The box is therefore the box
+threshold chosen on the held-out val split during training (with ``eval.scales``, at every
+side, averaged as the evaluator averages them). The box is therefore the box
 the evaluator scores for that image, mapped back from the 224x224 frame to the original
 pixels (inclusive pixel edges: ``x0 * W / 224`` .. ``(x1 + 1) * W / 224 - 1``; a box
 reaching the frame's last pixel reaches the image's).
@@ -24,9 +25,11 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
+from bcct import test_time
 from bcct.data.images import load_rgb, to_rgb
 from bcct.data.transforms import test_transform
 from bcct.errors import BadInput
+from bcct.evaluate import resize
 from bcct.prediction import BaseLocalizer, Prediction, best_on_val, softmax  # noqa: F401  (Prediction: part of the API)
 
 __all__ = ["Localizer", "Prediction", "load"]
@@ -68,6 +71,7 @@ class Localizer(BaseLocalizer):
         self.fixed_threshold = cfg.eval.threshold
         self.default_readout = best_on_val(ckpt.get("val") or {}, self.thresholds)
         self.transform = test_transform(cfg.data)
+        self.sides = test_time.input_sides(cfg.eval.scales, cfg.data.image_size)
         self.device = next(method.parameters()).device
 
     def __repr__(self) -> str:
@@ -82,14 +86,23 @@ class Localizer(BaseLocalizer):
     @torch.no_grad()
     def _scores(self, chws: list[torch.Tensor]) -> tuple[np.ndarray, dict[str, np.ndarray], list[tuple[int, int]]]:
         batch = torch.stack([self.transform(tv_tensors.Image(x)).as_subclass(torch.Tensor) for x in chws])
-        out = self.method(batch.to(self.device))
-        logits = out.get("logits")  # None: a training-free map, no class
-        classes = logits.argmax(dim=1) if logits is not None else torch.zeros(len(batch), dtype=torch.long)
-        maps = self.method.score_maps(out, classes)
+        batch = batch.to(self.device)
+        # eval.scales: every side's forward first, the class from their mean probabilities, then
+        # every side's map of that class (bcct/test_time.py; the evaluator reads the GT class's)
+        outs = [self.method(resize(batch, side)) for side in self.sides]
+        probs = None
+        if outs[0].get("logits") is not None:  # None: a training-free map, no class
+            probs = test_time.average_probabilities([softmax(o["logits"].float().cpu().numpy()) for o in outs])
+        classes = torch.as_tensor(probs.argmax(1) if probs is not None else np.zeros(len(batch), dtype=np.int64),
+                                  device=self.device)
+        per_side: dict[str, list[np.ndarray]] = {}
+        for out in outs:
+            for name, m in self.method.score_maps(out, classes).items():
+                per_side.setdefault(name, []).append(m.float().cpu().numpy())
         # the raw maps, as the evaluator hands them to prepare_scoremap
-        raw = {name: m.float().cpu().numpy() for name, m in maps.items()}
+        raw = {name: test_time.average_maps(maps) for name, maps in per_side.items()}
         sizes = [(int(x.shape[-1]), int(x.shape[-2])) for x in chws]
-        return (softmax(logits.float().cpu().numpy()) if logits is not None else None), raw, sizes
+        return probs, raw, sizes
 
 
 # -- inputs -------------------------------------------------------------------------------

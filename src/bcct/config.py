@@ -74,6 +74,7 @@ class EvalConfig:
     batch_size: int = 64
     select: str = "top1_loc"  # best.pt: best val top-1 loc (top1_loc) or the last epoch (last)
     every: int = 1  # evaluate val every N epochs and always after the last (0: after the last only); best.pt only from evaluated epochs
+    scales: list[int] = field(default_factory=list)  # test-time input sides, outputs averaged (bcct/test_time.py); []: data.image_size only
 
 
 @dataclass

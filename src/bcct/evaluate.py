@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from bcct import distributed
+from bcct import distributed, test_time
 from bcct.config import Config
 from bcct.data.dataset import WSOLDataset, collate
 from bcct.errors import BadInput
@@ -40,23 +40,31 @@ def make_loader(ds: WSOLDataset, cfg: Config, batches: list[list[int]] | None = 
 def predict(method, ds: WSOLDataset, cfg: Config, device: torch.device, progress: bool = False,
             shard: bool = False) -> dict:
     """GT-class score maps of every readout, and top-1/top-5 classification correctness;
-    ``index`` says which images. ``shard``: only this process's batches
+    ``index`` says which images. With ``eval.scales`` every image is read at each side and the
+    class probabilities and maps are averaged (:mod:`bcct.test_time`). ``shard``: only this process's batches
     (:func:`bcct.distributed.shard_batches`)."""
     method.eval()
+    sides = test_time.input_sides(cfg.eval.scales, cfg.data.image_size)
     batches = distributed.shard_batches(len(ds), cfg.eval.batch_size) if shard else None
     maps: dict[str, list[np.ndarray]] = {}
     top1, top5, mboxes, index = [], [], [], []
     for batch in tqdm(make_loader(ds, cfg, batches), desc="eval", leave=False, disable=None if progress else True):
         images, labels = batch["image"].to(device), batch["label"].to(device)
         index.append(batch["index"].numpy())
-        out = method(images)
-        if out.get("logits") is not None:  # a training-free map has no classifier
-            k = min(5, out["logits"].shape[1])
-            topk = out["logits"].topk(k, dim=1).indices
+        probs, side_maps = [], {}
+        for side in sides:  # eval.scales (bcct/test_time.py); one side by default
+            out = method(resize(images, side))
+            if out.get("logits") is not None:  # a training-free map has no classifier
+                probs.append(out["logits"].float().softmax(1))
+            for name, m in method.score_maps(out, labels).items():
+                side_maps.setdefault(name, []).append(m.float().cpu().numpy())
+        if probs:
+            mean = torch.stack(probs).mean(0)
+            topk = mean.topk(min(5, mean.shape[1]), dim=1).indices
             top1.append((topk[:, 0] == labels).cpu().numpy())
             top5.append((topk == labels[:, None]).any(1).cpu().numpy())
-        for name, m in method.score_maps(out, labels).items():
-            maps.setdefault(name, []).append(m.float().cpu().numpy())
+        for name, per_side in side_maps.items():
+            maps.setdefault(name, []).append(test_time.average_maps(per_side))
         boxes = method.mask_boxes(images)
         if boxes is not None:
             mboxes.append(boxes.cpu().numpy())
@@ -72,6 +80,13 @@ def predict(method, ds: WSOLDataset, cfg: Config, device: torch.device, progress
         "mask_boxes": np.concatenate(mboxes) if mboxes else None,
         "index": np.concatenate(index) if index else np.zeros(0, dtype=np.int64),
     }
+
+
+def resize(images: torch.Tensor, side: int) -> torch.Tensor:
+    """A test-transformed batch at another input side (bilinear; the batch itself at its own side)."""
+    if images.shape[-2:] == (side, side):
+        return images
+    return torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
 
 
 def to_original(boxes: np.ndarray, sizes: list[tuple[int, int]], input_size: int) -> np.ndarray:

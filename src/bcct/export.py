@@ -5,7 +5,9 @@ The graph is the method at inference: normalised images ``[B, 3, S, S]`` -> clas
 logits' argmax) ``[B, h, w]``: what :class:`bcct.api.Localizer` hands to the shared read-out
 (:mod:`bcct.prediction`), so :mod:`bcct.deploy` gives the same boxes with onnxruntime. A
 test-time flip or scale a readout uses is part of the method's forward and is exported with
-it. What inference needs besides the graph rides in the file's metadata (:data:`METADATA`).
+it; the test-time input sides of ``eval.scales`` are not (the graph reads ``data.image_size``:
+a checkpoint that averaged several sides has its thresholds chosen again for the one side on
+its val split, which export then needs). What inference needs besides the graph rides in the file's metadata (:data:`METADATA`).
 
 Gradient readouts (``Method.gradient_readouts``: backprop's saliency) differentiate the
 score with respect to the image; a forward graph cannot, so they are left out, and a
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bcct import test_time
 from bcct.errors import BadInput
 from bcct.prediction import best_on_val
 
@@ -83,6 +86,8 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike) -> dict:
                        f"need{'' if several else 's'} gradients (d score / d image), which an ONNX forward graph "
                        "cannot compute; export a checkpoint of a method with a forward readout (cam, bcct, acol, ...)")
     saved = ckpt.get("thresholds") or {}
+    if test_time.input_sides(cfg.eval.scales, size) != [size]:
+        saved = _one_side_thresholds(method, cfg, checkpoint)
     meta = {
         "bcct_format": ONNX_FORMAT,
         "method": cfg.method,
@@ -115,6 +120,22 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike) -> dict:
     diff = max(float(np.abs(a - b).max()) for a, b in zip(expected, got)) if got else None
     left_out = [n for n in names if n not in readouts]
     return {**meta, "out": str(out), "bytes": out.stat().st_size, "left_out": left_out, "max_abs_diff": diff}
+
+
+def _one_side_thresholds(method, cfg, checkpoint) -> dict[str, float]:
+    """The graph reads one side (``data.image_size``); a checkpoint that averaged several
+    (``eval.scales``) chose its thresholds for the averaged maps, so they are chosen again on
+    the run's val split for the one side, as training chooses them."""
+    from bcct.data.readers import read_dataset
+    from bcct.run import thresholds_on_val
+
+    root = cfg.data.root
+    if not root or not Path(root).exists():
+        raise BadInput(f"{checkpoint}: averages the input sides {list(cfg.eval.scales)} (eval.scales), which the ONNX "
+                       f"graph cannot; its thresholds are chosen again for one side on the run's val split, but the "
+                       f"data folder {root!r} is not here: export where the data is")
+    cfg.eval.scales = []
+    return thresholds_on_val(method, cfg, read_dataset(cfg.data, seed=cfg.seed), {})
 
 
 def _run_onnxruntime(path: Path, images: np.ndarray) -> list[np.ndarray] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bcct import checkpoint, imagenet
+from bcct import checkpoint, imagenet, test_time
 from bcct.config import from_dict, load_config, to_dict
 from bcct.data.dataset import WSOLDataset
 from bcct.data.readers import read_dataset
@@ -92,7 +92,10 @@ def eval_setup(ckpt_path: str, data: str | None = None, split: str = "test", ora
         raise BadInput(f"{cfg.data.root}: the {split} split is empty; evaluate another with --split "
                        f"({' or '.join(others) or 'none has images'})")
     thresholds = None if oracle else ckpt.get("thresholds") or None
-    if ckpt.get("threshold_source") == "fixed" and not oracle:  # no training chose one: choose it on val now
+    trained_sides = test_time.input_sides(ckpt["config"].get("eval", {}).get("scales") or [], cfg.data.image_size)
+    rescaled = test_time.input_sides(cfg.eval.scales, cfg.data.image_size) != trained_sides
+    if (ckpt.get("threshold_source") == "fixed" or rescaled) and not oracle:
+        # no training chose one, or it was chosen for other input sides (an eval.scales override): choose on val now
         thresholds = thresholds_on_val(method, cfg, wset, thresholds)
     if thresholds is None and not (oracle or fallback_oracle) and cfg.eval.threshold is None:
         raise BadInput(f"{ckpt_path}: holds no CAM threshold chosen on val (trained with data.val_fraction=0, or a "

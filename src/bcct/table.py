@@ -143,8 +143,11 @@ def run_table(out: str | Path, data: str | Path | None = None, methods: list[str
             print(f"[table] {label}: {run_dir}")
         status = train_or_reuse(cfg, run_dir, progress=progress)
         train_seconds = round(time.time() - t0, 1)  # the training alone: the test pass below is not counted
+        # evaluation keys are the table's, not the run's (a reused run may predate them): with other
+        # eval.scales than it trained with, its thresholds are chosen again on val (bcct/run.py)
         metrics = plain(evaluate_checkpoint(str(run_dir / "best.pt"), data=str(data), split="test", progress=False,
-                                                   fallback_oracle=True))  # marked ORACLE in the table
+                                            overrides=[f"eval.scales={list(cfg.eval.scales)}"],
+                                            fallback_oracle=True))  # marked ORACLE in the table
         metrics["run"] = status
         if status != "reused":
             metrics["train_seconds"] = train_seconds

@@ -14,6 +14,9 @@ Run it alone (the numbers are meaningless beside a test suite or a training):
     python bench/profile_epoch.py --data ../shared/data/cub_dev --backgrounds ../shared/data/backgrounds
         [--method cam] [--steps 6] [override=value ...]
     python bench/profile_epoch.py --data ... --method bcct --stand-in-masks   # the CT stage, no BC stage
+    python bench/profile_epoch.py --data ... --malloc default                 # glibc's own malloc thresholds
+
+It prints the process's page faults, user / kernel CPU seconds and peak memory with the times.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import time
 
@@ -35,7 +39,7 @@ from bcct.data.transforms import test_transform, train_transform
 from bcct.evaluate import evaluate
 from bcct.mask import mask_codes
 from bcct.methods import build_method
-from bcct.runtime import autocast
+from bcct.runtime import autocast, keep_freed_memory
 from bcct.two_stage import CACHE_REDUCTION
 
 
@@ -78,8 +82,13 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma list of sections to skip: data,step,val")
     parser.add_argument("--stand-in-masks", action="store_true",
                         help="bcct two-stage: random cached masks instead of the BC stage (the CT step's cost only)")
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="keep: freed memory kept for the next batch, as bcct's training and evaluation do on CPU "
+                             "(bcct.runtime.keep_freed_memory); default: glibc's own thresholds")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.malloc == "keep":
+        keep_freed_memory()
     skip = set(filter(None, args.skip.split(",")))
     cfg = load_config(args.config, args.overrides, method=args.method)
     cfg.data.root = args.data
@@ -126,6 +135,10 @@ def main() -> None:
         start = time.perf_counter()
         evaluate(method.eval(), val_ds, cfg, device)
         out["val_s"] = round(time.perf_counter() - start, 2)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["malloc"], out["page_faults"] = args.malloc, usage.ru_minflt
+    out["cpu_user_s"], out["cpu_sys_s"] = round(usage.ru_utime, 1), round(usage.ru_stime, 1)
+    out["peak_rss_gb"] = round(usage.ru_maxrss / 2**20, 2)  # Linux: KiB
     out["load_end"] = os.getloadavg()[0]
     print(json.dumps(out, indent=1))
 

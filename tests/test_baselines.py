@@ -79,12 +79,17 @@ def test_extra_overrides_reach_the_method_and_survive_a_checkpoint(make_tiny_cfg
 
 # -- backprop (Simonyan et al.) --------------------------------------------------------------
 
-def test_backprop_saliency_is_the_per_image_input_gradient(make_tiny_cfg, batch):
+@pytest.mark.parametrize("chunk", [16, 2])  # 2: the batch's gradients in several backward passes
+def test_backprop_saliency_is_the_per_image_input_gradient(make_tiny_cfg, batch, chunk, monkeypatch):
+    from bcct.methods import backprop
+
+    monkeypatch.setattr(backprop, "SALIENCY_CHUNK", chunk)
     method = _method(make_tiny_cfg, "backprop").eval()
     with torch.no_grad():
         out = method(batch["image"])
         sal = method.score_maps(out, batch["label"])["saliency"]
-    for i in range(3):
+    assert len(sal) == len(batch["image"]) > 2
+    for i in range(len(sal)):
         x = batch["image"][i : i + 1].clone().requires_grad_(True)
         score = method.model(x)["logits"][0, batch["label"][i]]
         (g,) = torch.autograd.grad(score, x)

@@ -27,7 +27,7 @@ def test_sides_default_to_the_input_size_and_are_checked():
     assert test_time.input_sides([], 224) == [224]
     assert test_time.input_sides([224, 288], 224) == [224, 288]
     for bad in ([224, 224], [16]):
-        with pytest.raises(ValueError, match="eval.scales"):
+        with pytest.raises(BadInput, match="eval.scales"):
             test_time.input_sides(bad, 224)
 
 

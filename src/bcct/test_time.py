@@ -21,12 +21,14 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from bcct.errors import BadInput
+
 
 def input_sides(scales: Sequence[int], image_size: int) -> list[int]:
     """The input sides to read: ``eval.scales``, or ``[data.image_size]`` when it is empty."""
     sides = [int(s) for s in scales] or [int(image_size)]
     if any(s < 32 for s in sides) or len(set(sides)) != len(sides):
-        raise ValueError(f"eval.scales={list(scales)}: give distinct input sides of at least 32 px, e.g. [224, 288, 352]")
+        raise BadInput(f"eval.scales={list(scales)}: give distinct input sides of at least 32 px, e.g. [224, 288, 352]")
     return sides
 
 

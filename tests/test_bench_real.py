@@ -59,3 +59,38 @@ def test_saved_tables_need_every_method_in_seed_zero_only(bench_real, tmp_path):
         bench_real._saved_table(tmp_path / "seed1", ["cam", "has"], every=True)
     with pytest.raises(SystemExit, match="no table to print"):
         bench_real._saved_table(tmp_path / "seed7", ["cam"], every=False)
+
+
+def test_table3_ct_rows_train_one_run_per_delta(bench_real, tmp_path, monkeypatch):
+    """Paper Table 3's CT rows: one BC-CT per delta (the localizer off), its val row read with
+    thresholds chosen on val, its test row with those thresholds, labelled oracle."""
+    import bcct.run
+    import bcct.table
+
+    trained, evaluated = [], []
+
+    def fake_train(cfg, run_dir, progress=True):
+        trained.append((cfg.method, cfg.bcct.delta, cfg.localizer.enabled, cfg.seed, run_dir.name))
+        _run(tmp_path, 0, run_dir.name, [(-1, 60.0), (0, 120.0)])
+        return "trained"
+
+    def fake_eval(ckpt, data=None, split="test", oracle=False, overrides=None, progress=True, fallback_oracle=False):
+        evaluated.append((Path(ckpt).parent.name, split, oracle))
+        top1 = 0.5 if split == "val" else 0.4
+        return {"top1_loc": top1, "top5_loc": 0.45, "gt_known": 0.6, "cls_top1": 0.7}
+
+    monkeypatch.setattr(bcct.table, "train_or_reuse", fake_train)
+    monkeypatch.setattr(bcct.run, "evaluate_checkpoint", fake_eval)
+    rows = bench_real.ct_delta_rows(tmp_path / "seed0", "DATA", "cub_cpu", [0.5, 0.7], ["seed=0"])
+    assert trained == [("bcct", 0.5, False, 0, "bcct_delta0.5"), ("bcct", 0.7, False, 0, "bcct_delta0.7")]
+    # val: thresholds chosen on val itself (as training does); test: the run's val-chosen ones
+    assert evaluated == [("bcct_delta0.5", "val", True), ("bcct_delta0.5", "test", False),
+                         ("bcct_delta0.7", "val", True), ("bcct_delta0.7", "test", False)]
+    table = [r for r in rows if r.startswith("| 0.")]
+    assert table == ["| 0.5 | 50.0 | 60.0 | 40.0 | 45.0 | 60.0 | 70.0 | 3.0 |",
+                     "| 0.7 | 50.0 | 60.0 | 40.0 | 45.0 | 60.0 | 70.0 | 3.0 |"]
+    assert any("oracle" in r for r in rows[:4])
+    # run again: the runs are reused and their saved val and test rows are not read again
+    monkeypatch.setattr(bcct.table, "train_or_reuse", lambda cfg, run_dir, progress=True: "reused")
+    again = bench_real.ct_delta_rows(tmp_path / "seed0", "DATA", "cub_cpu", [0.5, 0.7], ["seed=0"])
+    assert again == rows and len(evaluated) == 4

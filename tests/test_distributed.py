@@ -382,6 +382,36 @@ def test_cpu_runs_keep_freed_memory_for_the_next_batch(monkeypatch):
     assert runtime.keep_freed_memory() is False
 
 
+def _resident_bytes() -> int:
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_kept_memory_goes_back_when_a_run_ends(monkeypatch):
+    """With the thresholds raised, a freed 256 MB tensor stays resident (the next batch reuses
+    it) until release_freed_memory, which train() and every evaluation call when they end (a
+    process that trains run after run otherwise carried each run's high-water mark)."""
+    import ctypes
+    import platform
+
+    from bcct import runtime
+
+    if not (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"):
+        pytest.skip("glibc's malloc only")
+    assert runtime.keep_freed_memory()
+    x = torch.ones(64 << 20)  # 256 MB, written: resident
+    held = _resident_bytes()
+    del x
+    kept = _resident_bytes()
+    assert kept > held - (64 << 20)  # freed, but kept for the next batch
+    runtime.release_freed_memory()
+    assert _resident_bytes() < kept - (192 << 20)  # back to the system
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: (_ for _ in ()).throw(OSError(name)))
+    assert runtime.release_freed_memory() is False
+
+
 # ------------------------------------------------------------------- a diverged process
 
 

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from bcct import distributed, test_time
+from bcct import distributed, runtime, test_time
 from bcct.config import Config
 from bcct.data.dataset import WSOLDataset, collate
 from bcct.errors import BadInput
@@ -68,6 +68,7 @@ def predict(method, ds: WSOLDataset, cfg: Config, device: torch.device, progress
         boxes = method.mask_boxes(images)
         if boxes is not None:
             mboxes.append(boxes.cpu().numpy())
+    runtime.release_freed_memory()  # the batches' activations are gone: their pages go back to the system
     classifies = bool(top1) or not index  # None flags: the method has no classifier
 
     def flags(rows):

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from bcct import checkpoint, distributed
+from bcct import checkpoint, distributed, runtime
 from bcct.config import NO_BOX_THRESHOLD, RESUME_HARMLESS, Config, from_dict, resume_differences, to_dict, to_yaml
 from bcct.data.background_set import background_batches, crop_side, make_background_set
 from bcct.data.dataset import WSOLDataset, collate
@@ -137,8 +137,11 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, resume: bool 
     """Train ``cfg.method`` on the train split; choose the CAM threshold and the best epoch on
     the held-out val split. Rank 0 writes config.yaml, metrics.jsonl, last.pt and best.pt."""
     device = distributed.local_device(resolve_device(cfg.device))
-    with distributed.process_group(device):
-        return _train(cfg, Path(out_dir), device, progress and distributed.is_main(), resume)
+    try:
+        with distributed.process_group(device):
+            return _train(cfg, Path(out_dir), device, progress and distributed.is_main(), resume)
+    finally:  # the next run in this process (bcct table, bench_real) starts from what it holds
+        runtime.release_freed_memory()
 
 
 def _train(cfg: Config, out_dir: Path, device: torch.device, progress: bool, resume: bool) -> dict:

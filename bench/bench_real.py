@@ -217,8 +217,8 @@ def main(argv=None) -> int:
                         f"{pct(bc_test[k]['mask_iou50'])} | {pct(bc_test[k]['mask_validity'])} |" for k in DELTAS]
         lines += ["", f"BC-CT trains with delta {cfg.bcct.delta:g} (map `{cfg.bcct.map}`, scale `{cfg.bcct.normalize}`, "
                   "chosen on val); BC masks over delta (paper Table 3's BC* column; its CT rows, a CT trained per "
-                  "delta, are not run here). The test columns are read for every delta, so a delta picked from "
-                  "them would be an oracle choice:", "", *sweep_lines]
+                  f"delta, {'below' if args.ct_deltas else 'with --ct-deltas'}). The test columns are read for every "
+                  "delta, so a delta picked from them would be an oracle choice:", "", *sweep_lines]
     if args.ct_deltas:
         deltas = [float(d) for d in args.ct_deltas.split(",") if d.strip()]
         lines += ["", *ct_delta_rows(out / "seed0", args.data, args.config, deltas,

@@ -30,9 +30,9 @@ from bcct.data.dataset import WSOLDataset
 from bcct.data.readers import read_dataset
 from bcct.data.transforms import test_transform
 from bcct.demo import bc_figure
+from bcct.files import write_text_atomic
 from bcct.run import load_method
 from bcct.sweep import DELTAS, mask_sweep, pretrained_sweep
-from bcct.files import write_text_atomic
 from bcct.table import PAPER, paper_section, run_table
 
 DEFAULT = "feature_norm,pc1,ddt,cam,backprop,has,acol,spg_plain,spg,adl,bcct"

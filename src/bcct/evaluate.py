@@ -68,7 +68,7 @@ def predict(method, ds: WSOLDataset, cfg: Config, device: torch.device, progress
         boxes = method.mask_boxes(images)
         if boxes is not None:
             mboxes.append(boxes.cpu().numpy())
-    runtime.release_freed_memory()  # the batches' activations are gone: their pages go back to the system
+    runtime.release_freed_memory()  # the finished batches' activation pages go back to the system
     classifies = bool(top1) or not index  # None flags: the method has no classifier
 
     def flags(rows):

@@ -66,3 +66,24 @@ def test_table_rejects_an_unknown_method_before_training(tiny_data, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --methods: 'nope' unknown")
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_same_folders_by_another_path_are_the_same_run(tmp_path, monkeypatch):
+    """A run trained with ../shared/data and one asked for with /abs/shared/data read the same
+    folders: reused, not trained again (bench_real retrained two finished runs over this)."""
+    from bcct.config import load_config
+    from bcct.table import _comparable
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "bg").mkdir()
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    relative = load_config("cub_cpu", ["data.root=../data", "data.backgrounds=../bg"], method="cam")
+    absolute = load_config("cub_cpu", [f"data.root={tmp_path / 'data'}", f"data.backgrounds={tmp_path / 'bg'}"],
+                           method="cam")
+    other = load_config("cub_cpu", [f"data.root={tmp_path / 'bg'}", f"data.backgrounds={tmp_path / 'bg'}"],
+                        method="cam")
+    auto = load_config("cub_cpu", ["data.root=../data", "data.backgrounds=auto"], method="cam")
+    assert _comparable(relative) == _comparable(absolute)
+    assert _comparable(other) != _comparable(absolute)
+    assert _comparable(auto)["data"]["backgrounds"] == "auto"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import time
 from pathlib import Path
 
@@ -74,6 +75,9 @@ def _comparable(cfg: Config) -> dict:
     if not getattr(METHODS.get(cfg.method), "trainable", True):
         d.pop("amp", None)
     d["data"].pop("workers", None)
+    for key in ("root", "backgrounds"):  # ../data and /home/me/data are the same folder: no retraining
+        if d["data"].get(key) and d["data"][key] != "auto":
+            d["data"][key] = os.path.realpath(d["data"][key])
     return d
 
 
